@@ -1,0 +1,136 @@
+//! The versioned event on the `purchases` topic: what the gateway produces and the worker
+//! consumes. Key = userId so one user's purchases keep their order within a partition.
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{money::Price, NewPurchase, UserId, Username};
+
+/// Bumped on any incompatible change of the value's shape; consumers reject versions they
+/// do not know instead of guessing.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PurchaseEvent {
+    pub schema_version: u32,
+    pub event_id: Uuid,
+    pub username: Username,
+    pub user_id: UserId,
+    pub price: Price,
+    #[serde(with = "millis_rfc3339")]
+    pub timestamp: DateTime<Utc>,
+}
+
+impl PurchaseEvent {
+    /// Gives a purchase its identity. The timestamp is the UUID v7's own millisecond, so
+    /// ordering by `eventId` and by `timestamp` always agree.
+    pub fn new(purchase: NewPurchase) -> Self {
+        let event_id = Uuid::now_v7();
+        Self {
+            schema_version: SCHEMA_VERSION,
+            timestamp: uuid_v7_time(event_id),
+            event_id,
+            username: purchase.username,
+            user_id: purchase.user_id,
+            price: purchase.price,
+        }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serializing plain strings, numbers and a formatted date cannot fail.
+        serde_json::to_vec(self).expect("purchase event serializes")
+    }
+
+    /// Decodes a record value. Unknown extra fields are dropped (only the contract's fields
+    /// are ever stored); a wrong schema version or a field that fails validation is an error.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        let event: Self = serde_json::from_slice(bytes)?;
+        if event.schema_version != SCHEMA_VERSION {
+            return Err(serde::de::Error::custom(format!(
+                "unsupported schemaVersion {}",
+                event.schema_version
+            )));
+        }
+        Ok(event)
+    }
+}
+
+/// The creation time a UUID v7 carries (millisecond precision); epoch for other versions.
+pub fn uuid_v7_time(id: Uuid) -> DateTime<Utc> {
+    let millis = id
+        .get_timestamp()
+        .map(|ts| {
+            let (secs, nanos) = ts.to_unix();
+            secs as i64 * 1000 + i64::from(nanos / 1_000_000)
+        })
+        .unwrap_or(0);
+    Utc.timestamp_millis_opt(millis).single().unwrap_or_default()
+}
+
+/// RFC 3339 with exactly three fractional digits and `Z`: the precision MongoDB keeps, so the
+/// time reads back from the history API exactly as it was produced.
+pub mod millis_rfc3339 {
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(time: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&time.to_rfc3339_opts(SecondsFormat::Millis, true))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let text = String::deserialize(d)?;
+        DateTime::parse_from_rfc3339(&text)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| serde::de::Error::custom(format!("timestamp: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::validation::UserIdField;
+
+    fn sample() -> PurchaseEvent {
+        let body = serde_json::json!({"username": "ann", "userId": "u1", "price": 19.99});
+        PurchaseEvent::new(NewPurchase::from_json(&body, UserIdField::Current).unwrap())
+    }
+
+    #[test]
+    fn value_has_exactly_the_contract_fields() {
+        let event = sample();
+        let value: serde_json::Value = serde_json::from_slice(&event.to_json()).unwrap();
+        let mut keys: Vec<_> = value.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            ["eventId", "price", "schemaVersion", "timestamp", "userId", "username"]
+        );
+        assert_eq!(value["price"], serde_json::json!(19.99));
+        assert_eq!(event.event_id.get_version_num(), 7);
+    }
+
+    #[test]
+    fn timestamp_is_the_event_id_millisecond_and_round_trips() {
+        let event = sample();
+        assert_eq!(event.timestamp, uuid_v7_time(event.event_id));
+        let back = PurchaseEvent::from_json(&event.to_json()).unwrap();
+        assert_eq!(back, event);
+    }
+
+    #[test]
+    fn decoding_drops_extra_fields_and_rejects_bad_ones() {
+        let event = sample();
+        let mut value: serde_json::Value = serde_json::from_slice(&event.to_json()).unwrap();
+        value["coupon"] = serde_json::json!("FREE");
+        let back = PurchaseEvent::from_json(value.to_string().as_bytes()).unwrap();
+        assert_eq!(back, event);
+
+        value["price"] = serde_json::json!(-1);
+        assert!(PurchaseEvent::from_json(value.to_string().as_bytes()).is_err());
+        value["price"] = serde_json::json!(1);
+        value["schemaVersion"] = serde_json::json!(2);
+        assert!(PurchaseEvent::from_json(value.to_string().as_bytes()).is_err());
+    }
+}

@@ -1,0 +1,59 @@
+//! Connecting to Kafka with rskafka and making sure the purchases topic exists.
+
+use std::time::Duration;
+
+use rskafka::{
+    client::{
+        error::{Error as KafkaError, ProtocolError},
+        Client, ClientBuilder,
+    },
+    BackoffConfig,
+};
+
+use crate::config::KafkaArgs;
+
+/// Builds a client whose retries give up after `retry_deadline`, so no caller can hang on a
+/// dead broker (rskafka's default retries forever).
+pub async fn connect(args: &KafkaArgs) -> Result<Client, KafkaError> {
+    ClientBuilder::new(args.brokers.clone())
+        .client_id(args.client_id.as_str())
+        .backoff_config(BackoffConfig {
+            init_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(1),
+            base: 2.0,
+            deadline: Some(args.retry_deadline),
+        })
+        .build()
+        .await
+}
+
+/// Creates the topic when missing and returns its real partition count (which wins over
+/// the configured one when the topic already existed).
+pub async fn ensure_topic(client: &Client, args: &KafkaArgs) -> Result<i32, KafkaError> {
+    let timeout_ms = i32::try_from(args.retry_deadline.as_millis()).unwrap_or(i32::MAX);
+    match client
+        .controller_client()?
+        .create_topic(&args.topic, args.topic_partitions, args.replication_factor, timeout_ms)
+        .await
+    {
+        Ok(()) => tracing::info!(topic = %args.topic, partitions = args.topic_partitions, "created topic"),
+        Err(KafkaError::ServerError {
+            protocol_error: ProtocolError::TopicAlreadyExists,
+            ..
+        }) => {}
+        Err(e) => return Err(e),
+    }
+    let topics = client.list_topics().await?;
+    let partitions = topics
+        .iter()
+        .find(|t| t.name == args.topic)
+        .map(|t| t.partitions.len() as i32)
+        .unwrap_or(0);
+    if partitions == 0 {
+        return Err(KafkaError::InvalidResponse(format!(
+            "topic {} has no partitions after creation",
+            args.topic
+        )));
+    }
+    Ok(partitions)
+}

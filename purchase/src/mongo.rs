@@ -1,0 +1,50 @@
+//! Connecting to MongoDB and preparing the purchases collection.
+
+use mongodb::{
+    bson::{doc, Document},
+    options::{ClientOptions, IndexOptions},
+    Client, Collection, Database, IndexModel,
+};
+
+use crate::{
+    config::MongoArgs,
+    document::{fields, COLLECTION},
+};
+
+/// Connects lazily (the driver dials on first use) with bounded server selection, so an
+/// unreachable database turns into an error after `timeout` instead of a hang.
+pub async fn connect(args: &MongoArgs, app_name: &str) -> mongodb::error::Result<Database> {
+    let mut options = ClientOptions::parse(&args.uri).await?;
+    options.app_name = Some(app_name.to_string());
+    options.server_selection_timeout = Some(args.timeout);
+    options.connect_timeout = Some(args.timeout);
+    let client = Client::with_options(options)?;
+    Ok(client.database(&args.database))
+}
+
+pub fn purchases(db: &Database) -> Collection<Document> {
+    db.collection(COLLECTION)
+}
+
+/// Indexes for the history reads: a user's purchases newest first (by userId, or by
+/// username for the seed routes). `_id` is a UUID v7, so descending `_id` is newest first.
+/// Creating an index that already exists with the same keys and name is a no-op.
+pub async fn ensure_indexes(db: &Database) -> mongodb::error::Result<()> {
+    let index = |name: &str, key: &str| {
+        IndexModel::builder()
+            .keys(doc! { key: 1, fields::ID: -1 })
+            .options(IndexOptions::builder().name(name.to_string()).build())
+            .build()
+    };
+    purchases(db)
+        .create_indexes([
+            index("userId_newest_first", fields::USER_ID),
+            index("username_newest_first", fields::USERNAME),
+        ])
+        .await?;
+    Ok(())
+}
+
+pub async fn ping(db: &Database) -> mongodb::error::Result<()> {
+    db.run_command(doc! { "ping": 1 }).await.map(|_| ())
+}
