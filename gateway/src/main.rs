@@ -1,1 +1,18 @@
-fn main() {}
+use clap::Parser;
+use gateway::{
+    api,
+    config::{Cli, Command},
+    startup::Application,
+};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Some(Command::Openapi) = cli.command {
+        println!("{}", api::spec_json());
+        return Ok(());
+    }
+    purchase::telemetry::init(&cli.config.telemetry).map_err(anyhow::Error::msg)?;
+    let shutdown = purchase::shutdown::on_signal();
+    Application::build(cli.config).await?.run(shutdown).await
+}

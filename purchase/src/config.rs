@@ -13,42 +13,68 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 #[derive(Debug, Clone, Args)]
 pub struct KafkaArgs {
     /// Comma-separated bootstrap brokers (host:port).
-    #[arg(long = "kafka-brokers", env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092", value_delimiter = ',')]
+    #[arg(
+        id = "kafka-brokers",
+        long = "kafka-brokers",
+        env = "KAFKA_BROKERS",
+        default_value = "127.0.0.1:9092",
+        value_delimiter = ','
+    )]
     pub brokers: Vec<String>,
 
     /// Topic that carries purchase events.
-    #[arg(long = "kafka-topic", env = "KAFKA_TOPIC", default_value = "purchases")]
+    #[arg(
+        id = "kafka-topic",
+        long = "kafka-topic",
+        env = "KAFKA_TOPIC",
+        default_value = "purchases"
+    )]
     pub topic: String,
 
     /// Partitions used when the topic has to be created. Caps the useful worker replicas.
-    #[arg(long = "kafka-topic-partitions", env = "KAFKA_TOPIC_PARTITIONS", default_value_t = 12, value_parser = clap::value_parser!(i32).range(1..=10_000))]
+    #[arg(id = "kafka-topic-partitions", long = "kafka-topic-partitions", env = "KAFKA_TOPIC_PARTITIONS", default_value_t = 12, value_parser = clap::value_parser!(i32).range(1..=10_000))]
     pub topic_partitions: i32,
 
     /// Replication factor used when the topic has to be created.
-    #[arg(long = "kafka-replication-factor", env = "KAFKA_REPLICATION_FACTOR", default_value_t = 1, value_parser = clap::value_parser!(i16).range(1..=100))]
+    #[arg(id = "kafka-replication-factor", long = "kafka-replication-factor", env = "KAFKA_REPLICATION_FACTOR", default_value_t = 1, value_parser = clap::value_parser!(i16).range(1..=100))]
     pub replication_factor: i16,
 
     /// Client id sent to the broker (shows up in broker logs and quotas).
-    #[arg(long = "kafka-client-id", env = "KAFKA_CLIENT_ID", default_value = "scalable-shop")]
+    #[arg(
+        id = "kafka-client-id",
+        long = "kafka-client-id",
+        env = "KAFKA_CLIENT_ID",
+        default_value = "scalable-shop"
+    )]
     pub client_id: String,
 
     /// How long one Kafka operation may keep retrying a broker that does not answer.
-    #[arg(long = "kafka-retry-deadline", env = "KAFKA_RETRY_DEADLINE", default_value = "10s", value_parser = parse_duration)]
+    #[arg(id = "kafka-retry-deadline", long = "kafka-retry-deadline", env = "KAFKA_RETRY_DEADLINE", default_value = "10s", value_parser = parse_duration)]
     pub retry_deadline: Duration,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct MongoArgs {
     /// MongoDB connection string.
-    #[arg(long = "mongo-uri", env = "MONGO_URI", default_value = "mongodb://127.0.0.1:27017")]
+    #[arg(
+        id = "mongo-uri",
+        long = "mongo-uri",
+        env = "MONGO_URI",
+        default_value = "mongodb://127.0.0.1:27017"
+    )]
     pub uri: String,
 
     /// Database that holds the `purchases` collection.
-    #[arg(long = "mongo-database", env = "MONGO_DATABASE", default_value = "shop")]
+    #[arg(
+        id = "mongo-database",
+        long = "mongo-database",
+        env = "MONGO_DATABASE",
+        default_value = "shop"
+    )]
     pub database: String,
 
     /// How long to wait for a usable MongoDB server before an operation fails.
-    #[arg(long = "mongo-timeout", env = "MONGO_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    #[arg(id = "mongo-timeout", long = "mongo-timeout", env = "MONGO_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
 }
 
@@ -63,10 +89,15 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Args)]
 pub struct TelemetryArgs {
     /// Log output format.
-    #[arg(long = "log-format", env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(id = "log-format", long = "log-format", env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
     /// Log filter in RUST_LOG syntax, e.g. `info` or `info,gateway=debug`.
-    #[arg(long = "log-filter", env = "RUST_LOG", default_value = "info")]
+    #[arg(
+        id = "log-filter",
+        long = "log-filter",
+        env = "RUST_LOG",
+        default_value = "info"
+    )]
     pub log_filter: String,
 }

@@ -56,8 +56,10 @@ impl PurchaseDocument {
                 .get_str(key)
                 .map_err(|e| fail(format!("{key}: {e}")))
         };
-        let username = Username::parse(text(fields::USERNAME)?).map_err(|e| fail(format!("username {e}")))?;
-        let user_id = UserId::parse(text(fields::USER_ID)?).map_err(|e| fail(format!("userId {e}")))?;
+        let username =
+            Username::parse(text(fields::USERNAME)?).map_err(|e| fail(format!("username {e}")))?;
+        let user_id =
+            UserId::parse(text(fields::USER_ID)?).map_err(|e| fail(format!("userId {e}")))?;
         let price = match document.get(fields::PRICE) {
             Some(Bson::Decimal128(d)) => Price::parse_decimal(&d.to_string()),
             Some(Bson::Double(f)) => Price::from_f64(*f),
@@ -90,10 +92,13 @@ mod tests {
     #[test]
     fn document_round_trips_the_event_with_price_as_decimal128() {
         let body = serde_json::json!({"username": "Zoë", "userId": "u1", "price": 19.99});
-        let event = PurchaseEvent::new(NewPurchase::from_json(&body, UserIdField::Current).unwrap());
+        let event =
+            PurchaseEvent::new(NewPurchase::from_json(&body, UserIdField::Current).unwrap());
         let document = PurchaseDocument::from_event(&event);
         assert_eq!(document.len(), 5);
-        assert!(matches!(document.get("price"), Some(Bson::Decimal128(d)) if d.to_string() == "19.99"));
+        assert!(
+            matches!(document.get("price"), Some(Bson::Decimal128(d)) if d.to_string() == "19.99")
+        );
         assert_eq!(PurchaseDocument::to_event(&document).unwrap(), event);
     }
 }

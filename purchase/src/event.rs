@@ -66,7 +66,9 @@ pub fn uuid_v7_time(id: Uuid) -> DateTime<Utc> {
             secs as i64 * 1000 + i64::from(nanos / 1_000_000)
         })
         .unwrap_or(0);
-    Utc.timestamp_millis_opt(millis).single().unwrap_or_default()
+    Utc.timestamp_millis_opt(millis)
+        .single()
+        .unwrap_or_default()
 }
 
 /// RFC 3339 with exactly three fractional digits and `Z`: the precision MongoDB keeps, so the
@@ -105,7 +107,14 @@ mod tests {
         keys.sort();
         assert_eq!(
             keys,
-            ["eventId", "price", "schemaVersion", "timestamp", "userId", "username"]
+            [
+                "eventId",
+                "price",
+                "schemaVersion",
+                "timestamp",
+                "userId",
+                "username"
+            ]
         );
         assert_eq!(value["price"], serde_json::json!(19.99));
         assert_eq!(event.event_id.get_version_num(), 7);

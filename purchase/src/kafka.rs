@@ -33,10 +33,17 @@ pub async fn ensure_topic(client: &Client, args: &KafkaArgs) -> Result<i32, Kafk
     let timeout_ms = i32::try_from(args.retry_deadline.as_millis()).unwrap_or(i32::MAX);
     match client
         .controller_client()?
-        .create_topic(&args.topic, args.topic_partitions, args.replication_factor, timeout_ms)
+        .create_topic(
+            &args.topic,
+            args.topic_partitions,
+            args.replication_factor,
+            timeout_ms,
+        )
         .await
     {
-        Ok(()) => tracing::info!(topic = %args.topic, partitions = args.topic_partitions, "created topic"),
+        Ok(()) => {
+            tracing::info!(topic = %args.topic, partitions = args.topic_partitions, "created topic")
+        }
         Err(KafkaError::ServerError {
             protocol_error: ProtocolError::TopicAlreadyExists,
             ..

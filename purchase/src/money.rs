@@ -115,12 +115,25 @@ mod tests {
 
     #[test]
     fn common_amounts_keep_their_exact_decimal_text() {
-        for text in ["19.99", "0.01", "12", "12.5", "999999.99", "1000000", "0.1", "0.29"] {
+        for text in [
+            "19.99",
+            "0.01",
+            "12",
+            "12.5",
+            "999999.99",
+            "1000000",
+            "0.1",
+            "0.29",
+        ] {
             let value: f64 = text.parse().unwrap();
             let price = Price::from_f64(value).unwrap();
             assert_eq!(price.as_f64(), value, "{text}");
             let json = serde_json::to_string(&price).unwrap();
-            let expected = if text.contains('.') { text.to_string() } else { format!("{text}.0") };
+            let expected = if text.contains('.') {
+                text.to_string()
+            } else {
+                format!("{text}.0")
+            };
             assert_eq!(json, expected);
         }
     }

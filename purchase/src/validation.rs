@@ -185,7 +185,8 @@ impl NewPurchase {
                 ))
             }
         };
-        let price = Price::from_f64(price).map_err(|e| ValidationError::field("price", e.to_string()))?;
+        let price =
+            Price::from_f64(price).map_err(|e| ValidationError::field("price", e.to_string()))?;
 
         Ok(Self {
             username,
@@ -195,7 +196,10 @@ impl NewPurchase {
     }
 }
 
-fn required_string<'a>(object: &'a Map<String, Value>, key: &str) -> Result<&'a str, ValidationError> {
+fn required_string<'a>(
+    object: &'a Map<String, Value>,
+    key: &str,
+) -> Result<&'a str, ValidationError> {
     match object.get(key) {
         None | Some(Value::Null) => Err(ValidationError::field(key, "is required")),
         Some(Value::String(s)) => Ok(s),
@@ -249,18 +253,48 @@ mod tests {
             b[k] = v;
             b
         };
-        assert_eq!(field_of(with("username", json!(""))).as_deref(), Some("username"));
-        assert_eq!(field_of(with("username", json!("<script>"))).as_deref(), Some("username"));
-        assert_eq!(field_of(with("username", json!(" ann"))).as_deref(), Some("username"));
-        assert_eq!(field_of(with("username", json!("a".repeat(65)))).as_deref(), Some("username"));
-        assert_eq!(field_of(with("username", json!(7))).as_deref(), Some("username"));
-        assert_eq!(field_of(with("userId", json!("a/b"))).as_deref(), Some("userId"));
-        assert_eq!(field_of(with("userId", json!(555))).as_deref(), Some("userId"));
-        assert_eq!(field_of(with("price", json!("12.00"))).as_deref(), Some("price"));
+        assert_eq!(
+            field_of(with("username", json!(""))).as_deref(),
+            Some("username")
+        );
+        assert_eq!(
+            field_of(with("username", json!("<script>"))).as_deref(),
+            Some("username")
+        );
+        assert_eq!(
+            field_of(with("username", json!(" ann"))).as_deref(),
+            Some("username")
+        );
+        assert_eq!(
+            field_of(with("username", json!("a".repeat(65)))).as_deref(),
+            Some("username")
+        );
+        assert_eq!(
+            field_of(with("username", json!(7))).as_deref(),
+            Some("username")
+        );
+        assert_eq!(
+            field_of(with("userId", json!("a/b"))).as_deref(),
+            Some("userId")
+        );
+        assert_eq!(
+            field_of(with("userId", json!(555))).as_deref(),
+            Some("userId")
+        );
+        assert_eq!(
+            field_of(with("price", json!("12.00"))).as_deref(),
+            Some("price")
+        );
         assert_eq!(field_of(with("price", json!(-1))).as_deref(), Some("price"));
-        assert_eq!(field_of(with("price", json!(1.234))).as_deref(), Some("price"));
+        assert_eq!(
+            field_of(with("price", json!(1.234))).as_deref(),
+            Some("price")
+        );
         assert_eq!(field_of(with("extra", json!(1))).as_deref(), Some("extra"));
-        assert_eq!(field_of(json!({"username": "ann", "price": 1})).as_deref(), Some("userId"));
+        assert_eq!(
+            field_of(json!({"username": "ann", "price": 1})).as_deref(),
+            Some("userId")
+        );
         assert_eq!(field_of(json!([1, 2])), None);
     }
 

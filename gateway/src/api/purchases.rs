@@ -1,0 +1,98 @@
+//! `POST /api/purchases`: validate, produce, answer once the broker has it.
+
+use std::sync::Arc;
+
+use poem::web::Data;
+use poem_openapi::{payload::Json, ApiResponse, OpenApi};
+use purchase::{NewPurchase, PurchaseEvent};
+
+use poem_openapi::param::Query;
+
+use super::{
+    history::parse_user_id,
+    legacy,
+    model::{location_of, Accepted, Purchase},
+    ApiTags,
+};
+use crate::{
+    error::ApiError, history::Owner, payload::PurchaseBody, producer::ProduceError, state::AppState,
+};
+
+#[derive(ApiResponse)]
+pub enum CreatedResponse {
+    /// The broker acknowledged the purchase (acks=all).
+    #[oai(status = 202)]
+    Accepted(Json<Accepted>, #[oai(header = "Location")] String),
+}
+
+pub struct PurchasesApi;
+
+#[OpenApi]
+impl PurchasesApi {
+    /// Take a purchase
+    ///
+    /// Answers 202 only after Kafka acknowledged the record; 503 with `Retry-After` when the
+    /// broker cannot take it in time (nothing was accepted then).
+    #[oai(
+        path = "/api/purchases",
+        method = "post",
+        operation_id = "createPurchase",
+        tag = "ApiTags::Purchases"
+    )]
+    async fn create(
+        &self,
+        state: Data<&Arc<AppState>>,
+        body: PurchaseBody<false>,
+    ) -> Result<CreatedResponse, ApiError> {
+        accept(&state, body.0).await
+    }
+
+    /// A user's purchases by userId as an array (seed api-server `?userId=`)
+    ///
+    /// Lives here rather than with the other seed routes because poem-openapi keeps only one
+    /// API's operations per path in the spec. Use `/api/users/{userId}/purchases`.
+    #[oai(
+        path = "/api/purchases",
+        method = "get",
+        operation_id = "legacyPurchasesByQuery",
+        tag = "ApiTags::Legacy",
+        deprecated
+    )]
+    async fn purchases_by_query(
+        &self,
+        state: Data<&Arc<AppState>>,
+        #[oai(name = "userId")] user_id: Query<String>,
+        limit: Query<Option<u32>>,
+    ) -> Result<Json<Vec<Purchase>>, ApiError> {
+        let user_id = parse_user_id(&user_id)?;
+        legacy::list(&state, Owner::UserId(user_id.as_str()), limit.0).await
+    }
+}
+
+/// The one write path, shared by the current route and the seed aliases.
+pub(super) async fn accept(
+    state: &AppState,
+    purchase: NewPurchase,
+) -> Result<CreatedResponse, ApiError> {
+    let event = PurchaseEvent::new(purchase);
+    match state.producer.send(&event).await {
+        Ok(delivery) => {
+            tracing::debug!(event_id = %event.event_id, partition = delivery.partition, offset = delivery.offset, "purchase accepted");
+            let location = location_of(event.event_id);
+            Ok(CreatedResponse::Accepted(
+                Json(Accepted {
+                    event_id: event.event_id,
+                    location: location.clone(),
+                    message: "Purchase accepted".to_string(),
+                }),
+                location,
+            ))
+        }
+        Err(e) => {
+            if !matches!(e, ProduceError::QueueFull) {
+                tracing::warn!(event_id = %event.event_id, error = %e, "purchase not accepted");
+            }
+            Err(ApiError::unavailable("kafka", e, state.retry_after_seconds))
+        }
+    }
+}

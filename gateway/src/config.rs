@@ -1,0 +1,110 @@
+//! The gateway's one typed configuration: every setting is a flag with an env var.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+use purchase::config::{parse_duration, KafkaArgs, MongoArgs, TelemetryArgs};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "gateway",
+    version,
+    args_override_self = true,
+    about = "scalable-shop HTTP gateway: purchases into Kafka, history from MongoDB"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub config: GatewayConfig,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP server (the default).
+    Serve,
+    /// Print the OpenAPI 3 spec as JSON and exit; needs no broker or database.
+    Openapi,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GatewayConfig {
+    /// Address the HTTP server listens on.
+    #[arg(long, env = "GATEWAY_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    #[command(flatten)]
+    pub mongo: MongoArgs,
+
+    #[command(flatten)]
+    pub produce: ProduceArgs,
+
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+
+    /// Largest accepted request body; larger bodies get 413.
+    #[arg(long, env = "GATEWAY_MAX_BODY_BYTES", default_value_t = 16 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// How long in-flight requests may take to finish after SIGTERM.
+    #[arg(long, env = "GATEWAY_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ProduceArgs {
+    /// Longest a purchase waits for the broker's acknowledgement before the client gets 503.
+    #[arg(id = "produce-timeout", long = "produce-timeout", env = "GATEWAY_PRODUCE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// Purchases that may wait per partition while a produce call is in flight; beyond it
+    /// clients get 503 at once instead of queueing without bound.
+    #[arg(
+        id = "produce-queue-capacity",
+        long = "produce-queue-capacity",
+        env = "GATEWAY_PRODUCE_QUEUE_CAPACITY",
+        default_value_t = 10_000
+    )]
+    pub queue_capacity: usize,
+
+    /// Largest batch (sum of record sizes) sent in one produce call; below the broker's
+    /// message size limit.
+    #[arg(id = "produce-batch-max-bytes", long = "produce-batch-max-bytes", env = "GATEWAY_PRODUCE_BATCH_MAX_BYTES", default_value_t = 512 * 1024)]
+    pub batch_max_bytes: usize,
+
+    /// Seconds sent in `Retry-After` with a 503.
+    #[arg(
+        id = "retry-after-seconds",
+        long = "retry-after-seconds",
+        env = "GATEWAY_RETRY_AFTER_SECONDS",
+        default_value_t = 2
+    )]
+    pub retry_after_seconds: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn every_flag_is_unique_and_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_need_no_flags() {
+        let cli = Cli::try_parse_from(["gateway"]).unwrap();
+        assert_eq!(cli.config.kafka.topic, "purchases");
+        assert_eq!(cli.config.kafka.topic_partitions, 12);
+        assert_eq!(
+            cli.config.produce.timeout,
+            std::time::Duration::from_secs(5)
+        );
+    }
+}

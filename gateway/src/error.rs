@@ -1,0 +1,124 @@
+//! Error responses: every failure is JSON `{error, message, field?}` with the right status.
+
+use poem::{http::header, IntoResponse, Response};
+use poem_openapi::{payload::Json, ApiResponse, Object};
+use purchase::ValidationError;
+
+/// The body of every error response.
+#[derive(Debug, Clone, Object, serde::Serialize)]
+pub struct ErrorBody {
+    /// A stable machine-readable code, e.g. `invalid_field`.
+    pub error: String,
+    /// What is wrong and how to fix it, for humans.
+    pub message: String,
+    /// The request field (body, path or query) that is wrong, when one is.
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl ErrorBody {
+    fn new(error: &str, message: impl Into<String>) -> Self {
+        Self {
+            error: error.to_string(),
+            message: message.into(),
+            field: None,
+        }
+    }
+}
+
+#[derive(Debug, ApiResponse)]
+pub enum ApiError {
+    /// The body or a parameter is invalid; `field` names it.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// No such purchase (yet: a purchase is readable once a worker stored it).
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    /// The body is larger than the configured limit.
+    #[oai(status = 413)]
+    PayloadTooLarge(Json<ErrorBody>),
+    /// Kafka or MongoDB did not answer in time; nothing was accepted. Retry after the
+    /// given number of seconds.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>, #[oai(header = "Retry-After")] u32),
+}
+
+impl ApiError {
+    pub fn invalid(error: ValidationError) -> Self {
+        let code = if error.field.is_some() {
+            "invalid_field"
+        } else {
+            "invalid_body"
+        };
+        Self::BadRequest(Json(ErrorBody {
+            error: code.to_string(),
+            message: error.to_string(),
+            field: error.field,
+        }))
+    }
+
+    pub fn invalid_param(field: &str, message: impl std::fmt::Display) -> Self {
+        Self::invalid(ValidationError::field(field, message.to_string()))
+    }
+
+    pub fn malformed_json(message: impl Into<String>) -> Self {
+        Self::BadRequest(Json(ErrorBody::new("malformed_json", message)))
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::NotFound(Json(ErrorBody::new("not_found", message)))
+    }
+
+    pub fn too_large(limit: usize) -> Self {
+        Self::PayloadTooLarge(Json(ErrorBody::new(
+            "payload_too_large",
+            format!("request body exceeds {limit} bytes"),
+        )))
+    }
+
+    pub fn unavailable(
+        dependency: &str,
+        message: impl std::fmt::Display,
+        retry_after: u32,
+    ) -> Self {
+        Self::Unavailable(
+            Json(ErrorBody::new(
+                &format!("{dependency}_unavailable"),
+                format!("{message}; nothing was stored, retry later"),
+            )),
+            retry_after,
+        )
+    }
+}
+
+/// Turns any error into a JSON response. Errors we built are JSON already; poem's own (no
+/// such route, wrong method, unsupported media type, bad path parameter) are plain text and
+/// get wrapped with their status and message.
+pub fn render_error(err: poem::Error) -> Response {
+    let status = err.status();
+    let text = err.to_string();
+    let response = err.into_response();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return response;
+    }
+    let code = status
+        .canonical_reason()
+        .unwrap_or("error")
+        .to_ascii_lowercase()
+        .replace(' ', "_");
+    let message = match status.as_u16() {
+        404 => "no such route; see /docs for the API".to_string(),
+        405 => "method not allowed on this route; see /docs".to_string(),
+        415 => format!("{text}; send the body as JSON with `Content-Type: application/json`"),
+        _ => text,
+    };
+    let mut fixed = poem::web::Json(ErrorBody::new(&code, message)).into_response();
+    fixed.set_status(status);
+    fixed
+}

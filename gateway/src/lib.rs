@@ -1,0 +1,12 @@
+//! The scalable-shop gateway: takes purchases over HTTP into Kafka (answering only once the
+//! broker has them) and serves purchase history from MongoDB.
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod history;
+pub mod metrics;
+pub mod payload;
+pub mod producer;
+pub mod startup;
+pub mod state;

@@ -1,0 +1,147 @@
+//! Prometheus metrics of the gateway, named `gateway_<what>_<unit>`, and the HTTP layer that
+//! records them and turns every error into a JSON body.
+
+use std::time::Instant;
+
+use poem::{Endpoint, IntoResponse, Request, Response};
+use poem_openapi::OperationId;
+use prometheus::{
+    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, Opts, Registry, TextEncoder,
+};
+
+use crate::error::render_error;
+
+pub struct Metrics {
+    registry: Registry,
+    http_requests: IntCounterVec,
+    http_duration: HistogramVec,
+    pub purchases_accepted: IntCounter,
+    pub produce_duration: Histogram,
+    pub produce_batch_records: Histogram,
+    pub produce_errors: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let labels = &["route", "method", "status"];
+        let http_requests = IntCounterVec::new(
+            Opts::new(
+                "gateway_http_requests_total",
+                "HTTP requests by route and status",
+            ),
+            labels,
+        )
+        .expect("valid metric");
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "gateway_http_request_duration_seconds",
+                "HTTP request latency by route and status",
+            )
+            .buckets(exponential_buckets(0.0005, 2.0, 16).expect("valid buckets")),
+            labels,
+        )
+        .expect("valid metric");
+        let purchases_accepted = IntCounter::new(
+            "gateway_purchases_accepted_total",
+            "Purchases acknowledged by the broker and answered with 202",
+        )
+        .expect("valid metric");
+        let produce_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "gateway_kafka_produce_duration_seconds",
+                "Duration of one produce request (one batch) until the broker acknowledged it",
+            )
+            .buckets(exponential_buckets(0.0005, 2.0, 16).expect("valid buckets")),
+        )
+        .expect("valid metric");
+        let produce_batch_records = Histogram::with_opts(
+            HistogramOpts::new(
+                "gateway_kafka_produce_batch_records",
+                "Purchases sent together in one produce request",
+            )
+            .buckets(exponential_buckets(1.0, 2.0, 12).expect("valid buckets")),
+        )
+        .expect("valid metric");
+        let produce_errors = IntCounter::new(
+            "gateway_kafka_produce_errors_total",
+            "Produce requests that failed after rskafka's retries",
+        )
+        .expect("valid metric");
+
+        let registry = Registry::new();
+        for collector in [
+            Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(http_duration.clone()),
+            Box::new(purchases_accepted.clone()),
+            Box::new(produce_duration.clone()),
+            Box::new(produce_batch_records.clone()),
+            Box::new(produce_errors.clone()),
+        ] {
+            registry
+                .register(collector)
+                .expect("metric names are unique");
+        }
+        Self {
+            registry,
+            http_requests,
+            http_duration,
+            purchases_accepted,
+            produce_duration,
+            produce_batch_records,
+            produce_errors,
+        }
+    }
+
+    /// The Prometheus text exposition of every gateway metric.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buffer)
+            .expect("text encoding into memory cannot fail");
+        String::from_utf8(buffer).expect("prometheus text is UTF-8")
+    }
+
+    fn observe(&self, route: &str, method: &str, status: u16, started: Instant) {
+        let status = status.to_string();
+        let labels = [route, method, status.as_str()];
+        self.http_requests.with_label_values(&labels).inc();
+        self.http_duration
+            .with_label_values(&labels)
+            .observe(started.elapsed().as_secs_f64());
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Paths outside the OpenAPI operations that get their own route label; anything else that
+/// matches no operation is `unmatched`, which keeps label cardinality bounded.
+const STATIC_ROUTES: &[&str] = &["/metrics", "/openapi.json", "/docs"];
+
+/// Outermost layer: records request count and latency by route, and renders any error as
+/// JSON so every 4xx/5xx, even a 404 for an unknown path, has a body that says what is wrong.
+pub async fn observe<E: Endpoint>(next: E, req: Request, metrics: &Metrics) -> Response {
+    let started = Instant::now();
+    let method = req.method().to_string();
+    let path = req.uri().path().to_string();
+    let (route, response) = match next.call(req).await {
+        Ok(resp) => {
+            let resp = resp.into_response();
+            (resp.data::<OperationId>().map(|o| o.0), resp)
+        }
+        Err(err) => (err.data::<OperationId>().map(|o| o.0), render_error(err)),
+    };
+    let route = route.unwrap_or_else(|| {
+        STATIC_ROUTES
+            .iter()
+            .find(|r| path == **r || path.starts_with(&format!("{r}/")))
+            .copied()
+            .unwrap_or("unmatched")
+    });
+    metrics.observe(route, &method, response.status().as_u16(), started);
+    response
+}

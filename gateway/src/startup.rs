@@ -1,0 +1,150 @@
+//! Builds the running gateway: connects to Kafka and MongoDB, prepares topic and indexes,
+//! binds the listener and serves until the shutdown signal.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use poem::{
+    endpoint::make_sync,
+    listener::{Acceptor, Listener, TcpAcceptor, TcpListener},
+    middleware::Tracing,
+    EndpointExt, Route, Server,
+};
+use purchase::{kafka, mongo};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    api,
+    config::GatewayConfig,
+    history::History,
+    metrics::{self, Metrics},
+    payload::BodyLimit,
+    producer::PurchaseProducer,
+    state::AppState,
+};
+
+pub struct Application {
+    acceptor: TcpAcceptor,
+    state: Arc<AppState>,
+    config: GatewayConfig,
+}
+
+impl Application {
+    pub async fn build(config: GatewayConfig) -> anyhow::Result<Self> {
+        let metrics = Arc::new(Metrics::new());
+        let brokers = config.kafka.brokers.join(",");
+        let kafka = kafka::connect(&config.kafka)
+            .await
+            .with_context(|| format!("cannot reach Kafka at {brokers}"))?;
+        let partitions = kafka::ensure_topic(&kafka, &config.kafka)
+            .await
+            .with_context(|| format!("cannot create or describe topic {}", config.kafka.topic))?;
+        let producer = PurchaseProducer::start(
+            &kafka,
+            &config.kafka.topic,
+            partitions,
+            config.produce.clone(),
+            Arc::clone(&metrics),
+        )
+        .await
+        .with_context(|| format!("cannot reach the leaders of topic {}", config.kafka.topic))?;
+
+        let db = mongo::connect(&config.mongo, "gateway")
+            .await
+            .context("invalid MongoDB connection string")?;
+        tokio::spawn(ensure_indexes_until_done(db.clone()));
+
+        let acceptor = TcpListener::bind(config.listen)
+            .into_acceptor()
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        tracing::info!(listen = %config.listen, topic = %config.kafka.topic, partitions, "gateway ready");
+
+        let state = Arc::new(AppState {
+            producer,
+            history: History::new(&db),
+            kafka,
+            db,
+            metrics,
+            retry_after_seconds: config.produce.retry_after_seconds,
+            probe_timeout: Duration::from_secs(2),
+        });
+        Ok(Self {
+            acceptor,
+            state,
+            config,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.acceptor
+            .local_addr()
+            .first()
+            .and_then(|a| a.as_socket_addr().copied())
+            .expect("a TCP acceptor has a socket address")
+    }
+
+    /// Serves until `shutdown` is cancelled, then lets in-flight requests finish (up to the
+    /// grace period) and waits for queued purchases to be sent or failed.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let state = Arc::clone(&self.state);
+        let app = routes(Arc::clone(&state), self.config.max_body_bytes);
+        Server::new_with_acceptor(self.acceptor)
+            .run_with_graceful_shutdown(
+                app,
+                shutdown.cancelled_owned(),
+                Some(self.config.shutdown_grace),
+            )
+            .await
+            .context("HTTP server failed")?;
+        match Arc::try_unwrap(state) {
+            Ok(state) => state.producer.close().await,
+            Err(_) => tracing::warn!("requests still hold the producer after the grace period"),
+        }
+        tracing::info!("gateway stopped");
+        Ok(())
+    }
+}
+
+fn routes(state: Arc<AppState>, max_body_bytes: usize) -> impl poem::Endpoint {
+    let api = api::service();
+    let metrics = Arc::clone(&state.metrics);
+    Route::new()
+        .nest("/docs", api.swagger_ui())
+        .at("/openapi.json", api.spec_endpoint())
+        .at(
+            "/metrics",
+            make_sync({
+                let metrics = Arc::clone(&metrics);
+                move |_| metrics.render()
+            }),
+        )
+        .nest("/", api)
+        .data(state)
+        .data(BodyLimit(max_body_bytes))
+        .with(Tracing)
+        .around(move |next, req| {
+            let metrics = Arc::clone(&metrics);
+            async move { Ok(metrics::observe(next, req, &metrics).await) }
+        })
+}
+
+/// Index creation must not keep the write path down while MongoDB is unreachable: retry in
+/// the background until it succeeds.
+async fn ensure_indexes_until_done(db: mongodb::Database) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match mongo::ensure_indexes(&db).await {
+            Ok(()) => {
+                tracing::info!("MongoDB indexes are in place");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?delay, "cannot create MongoDB indexes yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}

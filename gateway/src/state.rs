@@ -1,0 +1,20 @@
+//! What request handlers share: the producer, the history reader and the dependencies that
+//! readiness checks.
+
+use std::{sync::Arc, time::Duration};
+
+use mongodb::Database;
+use rskafka::client::Client;
+
+use crate::{history::History, metrics::Metrics, producer::PurchaseProducer};
+
+pub struct AppState {
+    pub producer: PurchaseProducer,
+    pub history: History,
+    pub kafka: Client,
+    pub db: Database,
+    pub metrics: Arc<Metrics>,
+    pub retry_after_seconds: u32,
+    /// Bound on each readiness probe of a dependency.
+    pub probe_timeout: Duration,
+}

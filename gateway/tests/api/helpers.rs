@@ -1,0 +1,280 @@
+//! Test harness: real servers started through the project's scripts, and `spawn_app()`
+//! which runs the gateway in-process on a free port with its own topic and database.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    sync::OnceLock,
+    time::Duration,
+};
+
+use clap::Parser;
+use gateway::{config::Cli, startup::Application};
+use purchase::{PurchaseDocument, PurchaseEvent};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("gateway sits in the workspace")
+        .to_path_buf()
+}
+
+/// A server started by `scripts/infra.sh`; stopped when dropped. The watchdog given our pid
+/// also stops it if this test process dies first.
+pub struct InfraServer {
+    dir: tempfile::TempDir,
+    pub address: String,
+}
+
+impl InfraServer {
+    pub fn start(kind: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("scalable-shop-{kind}-"))
+            .tempdir()
+            .expect("temp dir");
+        let address = infra(&[
+            "start",
+            kind,
+            path_str(dir.path()),
+            "--owner-pid",
+            &std::process::id().to_string(),
+        ]);
+        Self { dir, address }
+    }
+
+    pub fn stop(&self) {
+        infra(&["stop", path_str(self.dir.path())]);
+    }
+
+    /// Starts again in the same directory: same data, same port.
+    pub fn restart(&self) {
+        let kind = if self.address.starts_with("mongodb://") {
+            "mongo"
+        } else {
+            "kafka"
+        };
+        let address = infra(&[
+            "start",
+            kind,
+            path_str(self.dir.path()),
+            "--owner-pid",
+            &std::process::id().to_string(),
+        ]);
+        assert_eq!(
+            address, self.address,
+            "a restarted server keeps its address"
+        );
+    }
+}
+
+impl Drop for InfraServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("temp paths are UTF-8")
+}
+
+fn infra(args: &[&str]) -> String {
+    let output = Command::new(workspace_root().join("scripts/infra.sh"))
+        .args(args)
+        .output()
+        .expect("run scripts/infra.sh");
+    assert!(
+        output.status.success(),
+        "scripts/infra.sh {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_string()
+}
+
+/// One broker and one database shared by the tests of this process; each test isolates
+/// itself with its own topic and database names.
+pub fn shared_servers() -> &'static (InfraServer, InfraServer) {
+    static SERVERS: OnceLock<(InfraServer, InfraServer)> = OnceLock::new();
+    SERVERS.get_or_init(|| (InfraServer::start("kafka"), InfraServer::start("mongo")))
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub kafka: String,
+    pub topic: String,
+    pub mongo: String,
+    pub database: String,
+    pub shutdown: CancellationToken,
+    pub server: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// Builder for a gateway under test; `extra` flags override the defaults.
+pub async fn spawn_app() -> TestApp {
+    let (kafka, mongo) = shared_servers();
+    spawn_app_with(&kafka.address, &mongo.address, &[]).await
+}
+
+pub async fn spawn_app_with(kafka: &str, mongo: &str, extra: &[&str]) -> TestApp {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let topic = format!("purchases-{id}");
+    let database = format!("test_{id}");
+    let mut args = vec![
+        "gateway".to_string(),
+        "--listen=127.0.0.1:0".into(),
+        format!("--kafka-brokers={kafka}"),
+        format!("--kafka-topic={topic}"),
+        "--kafka-topic-partitions=3".into(),
+        "--kafka-retry-deadline=3s".into(),
+        format!("--mongo-uri={mongo}"),
+        format!("--mongo-database={database}"),
+        "--mongo-timeout=2s".into(),
+        "--produce-timeout=3s".into(),
+        "--shutdown-grace=5s".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let cli = Cli::try_parse_from(args).expect("valid test flags");
+    let app = Application::build(cli.config)
+        .await
+        .expect("gateway starts");
+    let address = format!("http://{}", app.local_addr());
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(app.run(shutdown.clone()));
+    TestApp {
+        address,
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("http client"),
+        kafka: kafka.to_string(),
+        topic,
+        mongo: mongo.to_string(),
+        database,
+        shutdown,
+        server,
+    }
+}
+
+impl TestApp {
+    pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(format!("{}{path}", self.address))
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn post_purchase(&self, body: &Value) -> reqwest::Response {
+        self.post_json("/api/purchases", body).await
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.address))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// Every record of the test's topic, read by an independent client (confluent-kafka).
+    pub fn read_topic(&self, expected: usize) -> TopicDump {
+        let output = Command::new(python())
+            .arg(workspace_root().join("gateway/tests/py/read_topic.py"))
+            .args([&self.kafka, &self.topic, &expected.to_string(), "30"])
+            .output()
+            .expect("run read_topic.py (make test-deps installs its virtualenv)");
+        assert!(
+            output.status.success(),
+            "read_topic.py failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).expect("read_topic.py prints JSON")
+    }
+
+    /// Stores events the way a worker does, so read paths can be tested on their own.
+    pub async fn store(&self, events: &[PurchaseEvent]) {
+        let client = mongodb::Client::with_uri_str(&self.mongo)
+            .await
+            .expect("mongo client");
+        let documents: Vec<_> = events.iter().map(PurchaseDocument::from_event).collect();
+        client
+            .database(&self.database)
+            .collection::<mongodb::bson::Document>("purchases")
+            .insert_many(documents)
+            .await
+            .expect("insert test purchases");
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.get("/metrics")
+            .await
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.server.await.expect("server task")
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct TopicDump {
+    pub partitions: i32,
+    pub records: Vec<TopicRecord>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct TopicRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<String>,
+    pub value: Value,
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
+pub fn python() -> PathBuf {
+    std::env::var_os("TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".local/venv/bin/python"))
+}
+
+/// A purchase event as the gateway would make it, for seeding the database.
+pub fn event(user_id: &str, username: &str, price: f64) -> PurchaseEvent {
+    let body = serde_json::json!({"username": username, "userId": user_id, "price": price});
+    PurchaseEvent::new(
+        purchase::NewPurchase::from_json(&body, purchase::validation::UserIdField::Current)
+            .expect("valid test purchase"),
+    )
+}
+
+/// Asserts an error response: status, JSON body with `error` and `message`, and the field.
+pub async fn assert_json_error(
+    response: reqwest::Response,
+    status: u16,
+    field: Option<&str>,
+) -> Value {
+    assert_eq!(response.status().as_u16(), status);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        content_type.starts_with("application/json"),
+        "{content_type}"
+    );
+    let body: Value = response.json().await.expect("JSON error body");
+    assert!(body["error"].is_string(), "{body}");
+    assert!(
+        !body["message"].as_str().unwrap_or_default().is_empty(),
+        "{body}"
+    );
+    assert_eq!(body["field"].as_str(), field, "{body}");
+    body
+}

@@ -1,0 +1,11 @@
+//! Black-box tests of the gateway through its HTTP API, against a real Kafka-protocol broker
+//! (nisshi) and a real MongoDB-wire server (secantusd-rs) started by `scripts/infra.sh`.
+
+mod helpers;
+
+mod broker_down;
+mod create_purchase;
+mod history;
+mod legacy;
+mod operations;
+mod validation;

@@ -1,0 +1,40 @@
+"""Reads every record of a topic with confluent-kafka (librdkafka), an independent client,
+and prints them as JSON: [{partition, offset, key, value, headers}].
+
+usage: read_topic.py BOOTSTRAP TOPIC EXPECTED_COUNT [TIMEOUT_SECONDS]
+Stops once EXPECTED_COUNT records were read and no more arrive for a second, or at the timeout.
+"""
+import json
+import sys
+import time
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+bootstrap, topic, expected = sys.argv[1], sys.argv[2], int(sys.argv[3])
+deadline = time.time() + (float(sys.argv[4]) if len(sys.argv) > 4 else 30.0)
+
+consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "read-topic-check",
+                     "enable.auto.commit": False})
+metadata = consumer.list_topics(topic, timeout=10)
+partitions = sorted(metadata.topics[topic].partitions)
+consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+
+records, quiet_since = [], None
+while time.time() < deadline:
+    message = consumer.poll(0.2)
+    if message is None or message.error():
+        if len(records) >= expected:
+            quiet_since = quiet_since or time.time()
+            if time.time() - quiet_since > 1.0:
+                break
+        continue
+    quiet_since = None
+    records.append({
+        "partition": message.partition(),
+        "offset": message.offset(),
+        "key": message.key().decode() if message.key() is not None else None,
+        "value": json.loads(message.value()),
+        "headers": {k: v.decode() for k, v in (message.headers() or [])},
+    })
+consumer.close()
+print(json.dumps({"partitions": len(partitions), "records": records}))
