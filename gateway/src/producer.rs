@@ -15,9 +15,10 @@ use rskafka::{
     record::Record,
 };
 use tokio::{
-    sync::{mpsc, oneshot},
+    sync::{mpsc, oneshot, Mutex},
     task::JoinSet,
 };
+use tokio_util::sync::CancellationToken;
 
 use crate::{config::ProduceArgs, metrics::Metrics};
 
@@ -47,7 +48,9 @@ struct Pending {
 
 pub struct PurchaseProducer {
     queues: Vec<mpsc::Sender<Pending>>,
-    tasks: JoinSet<()>,
+    /// Cancelled by `close`: senders stop taking purchases and drain what is queued.
+    closing: CancellationToken,
+    tasks: Mutex<JoinSet<()>>,
     args: ProduceArgs,
     metrics: Arc<Metrics>,
 }
@@ -63,6 +66,7 @@ impl PurchaseProducer {
     ) -> Result<Self, rskafka::client::error::Error> {
         let mut queues = Vec::with_capacity(partitions as usize);
         let mut tasks = JoinSet::new();
+        let closing = CancellationToken::new();
         for partition in 0..partitions {
             let client = client
                 .partition_client(topic, partition, UnknownTopicHandling::Retry)
@@ -72,13 +76,15 @@ impl PurchaseProducer {
             tasks.spawn(send_batches(
                 client,
                 rx,
+                closing.clone(),
                 args.batch_max_bytes,
                 Arc::clone(&metrics),
             ));
         }
         Ok(Self {
             queues,
-            tasks,
+            closing,
+            tasks: Mutex::new(tasks),
             args,
             metrics,
         })
@@ -118,20 +124,32 @@ impl PurchaseProducer {
         Ok(Delivery { partition, offset })
     }
 
-    /// Stops taking purchases and waits until every queued one was sent or failed.
-    pub async fn close(mut self) {
-        self.queues.clear();
-        while self.tasks.join_next().await.is_some() {}
+    /// Stops taking purchases (later sends fail with `Closed`) and waits until every queued
+    /// one was sent or failed.
+    pub async fn close(&self) {
+        self.closing.cancel();
+        let mut tasks = self.tasks.lock().await;
+        while tasks.join_next().await.is_some() {}
     }
 }
 
 async fn send_batches(
     client: PartitionClient,
     mut queue: mpsc::Receiver<Pending>,
+    closing: CancellationToken,
     batch_max_bytes: usize,
     metrics: Arc<Metrics>,
 ) {
-    while let Some(first) = queue.recv().await {
+    loop {
+        let next = tokio::select! {
+            next = queue.recv() => next,
+            () = closing.cancelled() => {
+                // Refuse new purchases but still send the ones already queued.
+                queue.close();
+                queue.recv().await
+            }
+        };
+        let Some(first) = next else { break };
         let mut bytes = first.record.approximate_size();
         let mut batch = vec![first];
         while bytes < batch_max_bytes {

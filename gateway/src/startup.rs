@@ -98,10 +98,7 @@ impl Application {
             )
             .await
             .context("HTTP server failed")?;
-        match Arc::try_unwrap(state) {
-            Ok(state) => state.producer.close().await,
-            Err(_) => tracing::warn!("requests still hold the producer after the grace period"),
-        }
+        state.producer.close().await;
         tracing::info!("gateway stopped");
         Ok(())
     }

@@ -92,12 +92,13 @@ pub struct TelemetryArgs {
     #[arg(id = "log-format", long = "log-format", env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
-    /// Log filter in RUST_LOG syntax, e.g. `info` or `info,gateway=debug`.
+    /// Log filter in RUST_LOG syntax, e.g. `info` or `info,gateway=debug`. rskafka logs
+    /// every connection at info, hence its own default level.
     #[arg(
         id = "log-filter",
         long = "log-filter",
         env = "RUST_LOG",
-        default_value = "info"
+        default_value = "info,rskafka=warn"
     )]
     pub log_filter: String,
 }

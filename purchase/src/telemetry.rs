@@ -1,5 +1,7 @@
 //! Logging set-up: `tracing` with a RUST_LOG-style filter and text or JSON output.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, TelemetryArgs};
@@ -11,6 +13,7 @@ pub fn init(args: &TelemetryArgs) -> Result<(), String> {
         .map_err(|e| format!("invalid log filter {:?}: {e}", args.log_filter))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let result = match args.log_format {
         LogFormat::Text => builder.try_init(),

@@ -86,3 +86,62 @@ fn printed_spec_validates_with_openapi_spec_validator() {
         String::from_utf8_lossy(&validation.stderr)
     );
 }
+
+#[tokio::test]
+async fn the_binary_stops_cleanly_on_sigterm() {
+    let (kafka, mongo) = crate::helpers::shared_servers();
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .env("GATEWAY_LISTEN", format!("127.0.0.1:{port}"))
+        .env("KAFKA_BROKERS", &kafka.address)
+        .env(
+            "KAFKA_TOPIC",
+            format!("sigterm-{}", uuid::Uuid::new_v4().simple()),
+        )
+        .env("KAFKA_TOPIC_PARTITIONS", "2")
+        .env("MONGO_URI", &mongo.address)
+        .env("LOG_FORMAT", "json")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut ready = false;
+    for _ in 0..100 {
+        if client.get(format!("{url}/healthz")).send().await.is_ok() {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(ready, "gateway binary did not start");
+    let accepted = client
+        .post(format!("{url}/api/purchases"))
+        .json(&json!({"username": "ann", "userId": "u1", "price": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status().as_u16(), 202);
+
+    let pid = child.id().unwrap().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = tokio::time::timeout(std::time::Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits within 10 s of SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let mut logs = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut child.stderr.take().unwrap(), &mut logs)
+        .await
+        .unwrap();
+    let last: Value = serde_json::from_str(logs.lines().last().unwrap()).expect("JSON log lines");
+    assert_eq!(last["message"], "gateway stopped", "{logs}");
+}

@@ -1,0 +1,41 @@
+# scalable-shop: `make up` runs the local stack, `make test` runs every check CI runs.
+.PHONY: up down status deps test-deps test lint unit bench-gateway openapi clean-local
+
+VENV := .local/venv
+PYTHON := $(VENV)/bin/python
+
+up:            ## start broker, database and gateway on loopback (installs what is missing)
+	scripts/stack.sh up
+
+down:          ## stop the local stack
+	scripts/stack.sh down
+
+status:
+	scripts/stack.sh status
+
+deps:          ## pinned nisshi and secantusd-rs (cached in ~/.cargo/bin)
+	scripts/infra.sh install
+
+test-deps: deps $(VENV)/.installed
+
+$(VENV)/.installed: scripts/requirements-test.txt
+	python3 -m venv $(VENV)
+	$(PYTHON) -m pip install -q --disable-pip-version-check -r scripts/requirements-test.txt
+	touch $@
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+test: test-deps lint  ## lint, unit and integration tests against real servers
+	cargo test --workspace
+
+bench-gateway: ## accepted purchases/s and latency beside the HTTP stack's own limit
+	scripts/bench-gateway.sh
+
+openapi:       ## print the OpenAPI spec
+	@cargo run -q -p gateway -- openapi
+
+clean-local:   ## remove local stack data and the test virtualenv
+	scripts/stack.sh down || true
+	rm -rf .local
