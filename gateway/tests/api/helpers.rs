@@ -1,99 +1,15 @@
 //! Test harness: real servers started through the project's scripts, and `spawn_app()`
 //! which runs the gateway in-process on a free port with its own topic and database.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-    sync::OnceLock,
-    time::Duration,
-};
+use std::{sync::OnceLock, time::Duration};
 
 use clap::Parser;
 use gateway::{config::Cli, startup::Application};
 use purchase::{PurchaseDocument, PurchaseEvent};
 use serde_json::Value;
+use test_support::run_python;
+pub use test_support::{python, InfraServer};
 use tokio_util::sync::CancellationToken;
-
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("gateway sits in the workspace")
-        .to_path_buf()
-}
-
-/// A server started by `scripts/infra.sh`; stopped when dropped. The watchdog given our pid
-/// also stops it if this test process dies first.
-pub struct InfraServer {
-    dir: tempfile::TempDir,
-    pub address: String,
-}
-
-impl InfraServer {
-    pub fn start(kind: &str) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("scalable-shop-{kind}-"))
-            .tempdir()
-            .expect("temp dir");
-        let address = infra(&[
-            "start",
-            kind,
-            path_str(dir.path()),
-            "--owner-pid",
-            &std::process::id().to_string(),
-        ]);
-        Self { dir, address }
-    }
-
-    pub fn stop(&self) {
-        infra(&["stop", path_str(self.dir.path())]);
-    }
-
-    /// Starts again in the same directory: same data, same port.
-    pub fn restart(&self) {
-        let kind = if self.address.starts_with("mongodb://") {
-            "mongo"
-        } else {
-            "kafka"
-        };
-        let address = infra(&[
-            "start",
-            kind,
-            path_str(self.dir.path()),
-            "--owner-pid",
-            &std::process::id().to_string(),
-        ]);
-        assert_eq!(
-            address, self.address,
-            "a restarted server keeps its address"
-        );
-    }
-}
-
-impl Drop for InfraServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn path_str(path: &Path) -> &str {
-    path.to_str().expect("temp paths are UTF-8")
-}
-
-fn infra(args: &[&str]) -> String {
-    let output = Command::new(workspace_root().join("scripts/infra.sh"))
-        .args(args)
-        .output()
-        .expect("run scripts/infra.sh");
-    assert!(
-        output.status.success(),
-        "scripts/infra.sh {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout)
-        .expect("utf-8")
-        .trim()
-        .to_string()
-}
 
 /// One broker and one database shared by the tests of this process; each test isolates
 /// itself with its own topic and database names.
@@ -183,17 +99,12 @@ impl TestApp {
 
     /// Every record of the test's topic, read by an independent client (confluent-kafka).
     pub fn read_topic(&self, expected: usize) -> TopicDump {
-        let output = Command::new(python())
-            .arg(workspace_root().join("gateway/tests/py/read_topic.py"))
-            .args([&self.kafka, &self.topic, &expected.to_string(), "30"])
-            .output()
-            .expect("run read_topic.py (make test-deps installs its virtualenv)");
-        assert!(
-            output.status.success(),
-            "read_topic.py failed: {}",
-            String::from_utf8_lossy(&output.stderr)
+        let expected = expected.to_string();
+        let dump = run_python(
+            "read_topic.py",
+            &[&self.kafka, &self.topic, &expected, "30"],
         );
-        serde_json::from_slice(&output.stdout).expect("read_topic.py prints JSON")
+        serde_json::from_value(dump).expect("read_topic.py prints a topic dump")
     }
 
     /// Stores events the way a worker does, so read paths can be tested on their own.
@@ -237,12 +148,6 @@ pub struct TopicRecord {
     pub key: Option<String>,
     pub value: Value,
     pub headers: std::collections::BTreeMap<String, String>,
-}
-
-pub fn python() -> PathBuf {
-    std::env::var_os("TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join(".local/venv/bin/python"))
 }
 
 /// A purchase event as the gateway would make it, for seeding the database.

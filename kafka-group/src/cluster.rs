@@ -1,0 +1,149 @@
+//! The brokers we talk to: bootstrap, cached connections, coordinator lookup and metadata.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use kafka_protocol::{
+    messages::{
+        metadata_request::MetadataRequestTopic, BrokerId, FindCoordinatorRequest, MetadataRequest,
+        MetadataResponse, TopicName,
+    },
+    protocol::StrBytes,
+};
+use tokio::sync::Mutex;
+
+use crate::{
+    connection::Connection,
+    error::{check, Error, Result},
+};
+
+/// Broker connections shared by one client. A connection that failed is replaced on next use.
+pub struct Cluster {
+    bootstrap: Vec<String>,
+    client_id: String,
+    request_timeout: Duration,
+    connections: Mutex<HashMap<String, Arc<Connection>>>,
+}
+
+/// Partition counts and leaders of the topics asked for.
+#[derive(Debug, Clone, Default)]
+pub struct Metadata {
+    /// topic → (partition → leader address)
+    pub topics: HashMap<String, HashMap<i32, String>>,
+}
+
+impl Cluster {
+    pub fn new(bootstrap: Vec<String>, client_id: String, request_timeout: Duration) -> Self {
+        Self {
+            bootstrap,
+            client_id,
+            request_timeout,
+            connections: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
+    /// A cached connection to `address`, opened when missing or broken.
+    pub async fn broker(&self, address: &str) -> Result<Arc<Connection>> {
+        let mut connections = self.connections.lock().await;
+        if let Some(existing) = connections.get(address) {
+            if !existing.is_broken() {
+                return Ok(Arc::clone(existing));
+            }
+        }
+        let connection =
+            Arc::new(Connection::connect(address, &self.client_id, self.request_timeout).await?);
+        connections.insert(address.to_string(), Arc::clone(&connection));
+        Ok(connection)
+    }
+
+    /// Opens a connection nobody else shares (for requests that block, like JoinGroup).
+    pub async fn dedicated(&self, address: &str) -> Result<Connection> {
+        Connection::connect(address, &self.client_id, self.request_timeout).await
+    }
+
+    /// Drops a cached connection after an error, so the next use reconnects.
+    pub async fn forget(&self, address: &str) {
+        self.connections.lock().await.remove(address);
+    }
+
+    /// Any reachable bootstrap broker.
+    pub async fn any(&self) -> Result<Arc<Connection>> {
+        let mut last = Error::Config("no bootstrap brokers configured".into());
+        for address in &self.bootstrap {
+            match self.broker(address).await {
+                Ok(connection) => return Ok(connection),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// The address of the group's coordinator.
+    pub async fn find_coordinator(&self, group_id: &str) -> Result<String> {
+        let connection = self.any().await?;
+        let version = connection.version::<FindCoordinatorRequest>(0..=3)?;
+        let request = FindCoordinatorRequest::default()
+            .with_key(StrBytes::from_string(group_id.to_string()))
+            .with_key_type(0);
+        let response = match connection.send(&request, version).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.forget(connection.address()).await;
+                return Err(e);
+            }
+        };
+        check("FindCoordinator", response.error_code)?;
+        Ok(format!("{}:{}", response.host.as_str(), response.port))
+    }
+
+    /// Partition leaders of `topics`. Never creates topics (some brokers auto-create on lookup).
+    pub async fn metadata(&self, topics: &[String]) -> Result<Metadata> {
+        let connection = self.any().await?;
+        let version = connection.version::<MetadataRequest>(1..=9)?;
+        let request = MetadataRequest::default()
+            .with_topics(Some(
+                topics
+                    .iter()
+                    .map(|t| {
+                        MetadataRequestTopic::default()
+                            .with_name(Some(TopicName(StrBytes::from_string(t.clone()))))
+                    })
+                    .collect(),
+            ))
+            .with_allow_auto_topic_creation(false);
+        let response: MetadataResponse = match connection.send(&request, version).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.forget(connection.address()).await;
+                return Err(e);
+            }
+        };
+        let brokers: HashMap<BrokerId, String> = response
+            .brokers
+            .iter()
+            .map(|b| (b.node_id, format!("{}:{}", b.host.as_str(), b.port)))
+            .collect();
+        let mut metadata = Metadata::default();
+        for topic in &response.topics {
+            let Some(name) = &topic.name else { continue };
+            if crate::error::protocol_error(topic.error_code).is_some() {
+                // Unknown topics are simply absent: they have no partitions to assign.
+                continue;
+            }
+            let partitions = topic
+                .partitions
+                .iter()
+                .filter_map(|p| {
+                    brokers
+                        .get(&p.leader_id)
+                        .map(|a| (p.partition_index, a.clone()))
+                })
+                .collect();
+            metadata.topics.insert(name.0.to_string(), partitions);
+        }
+        Ok(metadata)
+    }
+}

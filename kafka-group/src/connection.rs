@@ -1,0 +1,218 @@
+//! One TCP connection to one broker: framing, correlation ids and API version negotiation.
+
+use std::{
+    collections::HashMap,
+    ops::RangeInclusive,
+    sync::atomic::{AtomicBool, AtomicI32, Ordering},
+    time::Duration,
+};
+
+use bytes::{Buf, BytesMut};
+use kafka_protocol::{
+    messages::{ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader},
+    protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes},
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt, BufStream},
+    net::TcpStream,
+    sync::Mutex,
+};
+
+use crate::error::{Error, Result};
+
+/// Responses larger than this are refused rather than allocated (a corrupt size prefix would
+/// otherwise ask for gigabytes).
+const MAX_RESPONSE_BYTES: usize = 100 * 1024 * 1024;
+
+pub struct Connection {
+    address: String,
+    client_id: StrBytes,
+    stream: Mutex<BufStream<TcpStream>>,
+    correlation: AtomicI32,
+    /// Set when a request was interrupted mid-way: the byte stream is out of step and the
+    /// connection must not be used again.
+    broken: AtomicBool,
+    versions: HashMap<i16, RangeInclusive<i16>>,
+    request_timeout: Duration,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("address", &self.address)
+            .finish()
+    }
+}
+
+impl Connection {
+    /// Connects and asks the broker which API versions it supports.
+    pub async fn connect(
+        address: &str,
+        client_id: &str,
+        request_timeout: Duration,
+    ) -> Result<Self> {
+        let stream = tokio::time::timeout(request_timeout, TcpStream::connect(address))
+            .await
+            .map_err(|_| Error::Timeout(format!("connecting to {address}")))?
+            .map_err(|e| Error::Io(format!("connecting to {address}: {e}")))?;
+        stream.set_nodelay(true).ok();
+        let mut connection = Self {
+            address: address.to_string(),
+            client_id: StrBytes::from_string(client_id.to_string()),
+            stream: Mutex::new(BufStream::new(stream)),
+            correlation: AtomicI32::new(0),
+            broken: AtomicBool::new(false),
+            versions: HashMap::new(),
+            request_timeout,
+        };
+        // Version 0 is understood by every broker; its answer lists what else is.
+        let response: ApiVersionsResponse = connection
+            .send_with_version(&ApiVersionsRequest::default(), 0, request_timeout)
+            .await?;
+        if let Some(error) = crate::error::protocol_error(response.error_code) {
+            return Err(Error::Protocol {
+                api: "ApiVersions",
+                error,
+            });
+        }
+        connection.versions = response
+            .api_keys
+            .iter()
+            .map(|k| (k.api_key, k.min_version..=k.max_version))
+            .collect();
+        Ok(connection)
+    }
+
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    pub fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::Relaxed)
+    }
+
+    /// The versions of an API the broker supports.
+    pub fn supported(&self, api_key: i16) -> Option<RangeInclusive<i16>> {
+        self.versions.get(&api_key).cloned()
+    }
+
+    /// The highest version both sides speak within `ours`.
+    pub fn version<R: Request>(&self, ours: RangeInclusive<i16>) -> Result<i16> {
+        let api = ApiKey::try_from(R::KEY)
+            .map(|k| format!("{k:?}"))
+            .unwrap_or_else(|_| R::KEY.to_string());
+        let theirs = self.versions.get(&R::KEY).ok_or_else(|| {
+            Error::Unsupported(format!("broker {} does not support {api}", self.address))
+        })?;
+        let high = (*ours.end()).min(*theirs.end());
+        let low = (*ours.start()).max(*theirs.start());
+        if low > high {
+            return Err(Error::Unsupported(format!(
+                "broker {} supports {api} versions {theirs:?}, this client {ours:?}",
+                self.address
+            )));
+        }
+        Ok(high)
+    }
+
+    /// Sends with the default request timeout.
+    pub async fn send<R: Request>(&self, request: &R, version: i16) -> Result<R::Response> {
+        self.send_with_version(request, version, self.request_timeout)
+            .await
+    }
+
+    /// Sends one request and reads its response. Requests on one connection are serialized,
+    /// as the broker answers them in order anyway.
+    pub async fn send_with_version<R: Request>(
+        &self,
+        request: &R,
+        version: i16,
+        timeout: Duration,
+    ) -> Result<R::Response> {
+        if self.is_broken() {
+            return Err(Error::Io(format!(
+                "connection to {} was broken",
+                self.address
+            )));
+        }
+        let correlation_id = self.correlation.fetch_add(1, Ordering::Relaxed);
+        let frame = encode_request(request, version, correlation_id, &self.client_id)?;
+        let mut stream = self.stream.lock().await;
+        // Until the exchange completes the stream is in an unknown state; a timeout or a
+        // dropped future leaves this flag set.
+        self.broken.store(true, Ordering::Relaxed);
+        let exchange = async {
+            stream.write_all(&frame).await?;
+            stream.flush().await?;
+            let size = stream.read_i32().await?;
+            let size = usize::try_from(size).unwrap_or(usize::MAX);
+            if size > MAX_RESPONSE_BYTES {
+                return Err(std::io::Error::other(format!("response of {size} bytes")));
+            }
+            let mut body = BytesMut::zeroed(size);
+            stream.read_exact(&mut body).await?;
+            Ok(body)
+        };
+        let body = tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| {
+                Error::Timeout(format!("{} request to {}", api_name(R::KEY), self.address))
+            })?
+            .map_err(|e| Error::Io(format!("{}: {e}", self.address)))?;
+        self.broken.store(false, Ordering::Relaxed);
+        decode_response::<R>(body, version, correlation_id)
+    }
+}
+
+fn encode_request<R: Request>(
+    request: &R,
+    version: i16,
+    correlation_id: i32,
+    client_id: &StrBytes,
+) -> Result<BytesMut> {
+    let header = RequestHeader::default()
+        .with_request_api_key(R::KEY)
+        .with_request_api_version(version)
+        .with_correlation_id(correlation_id)
+        .with_client_id(Some(client_id.clone()));
+    let mut frame = BytesMut::new();
+    frame.extend_from_slice(&[0; 4]);
+    header
+        .encode(&mut frame, R::header_version(version))
+        .and_then(|()| request.encode(&mut frame, version))
+        .map_err(|e| Error::Encode(format!("{} v{version}: {e}", api_name(R::KEY))))?;
+    let size = (frame.len() - 4) as i32;
+    frame[..4].copy_from_slice(&size.to_be_bytes());
+    Ok(frame)
+}
+
+fn decode_response<R: Request>(
+    mut body: BytesMut,
+    version: i16,
+    correlation_id: i32,
+) -> Result<R::Response> {
+    let header = ResponseHeader::decode(&mut body, R::Response::header_version(version))
+        .map_err(|e| Error::Decode(format!("{} response header: {e}", api_name(R::KEY))))?;
+    if header.correlation_id != correlation_id {
+        return Err(Error::Decode(format!(
+            "correlation id {} where {correlation_id} was expected",
+            header.correlation_id
+        )));
+    }
+    let response = R::Response::decode(&mut body, version)
+        .map_err(|e| Error::Decode(format!("{} v{version} response: {e}", api_name(R::KEY))))?;
+    if body.has_remaining() {
+        tracing::debug!(
+            api = api_name(R::KEY),
+            left = body.remaining(),
+            "response had trailing bytes"
+        );
+    }
+    Ok(response)
+}
+
+pub(crate) fn api_name(key: i16) -> String {
+    ApiKey::try_from(key)
+        .map(|k| format!("{k:?}"))
+        .unwrap_or_else(|_| format!("api {key}"))
+}

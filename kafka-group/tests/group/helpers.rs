@@ -1,0 +1,115 @@
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use kafka_group::{GroupConfig, GroupEvent, GroupMember, TopicPartition};
+use test_support::InfraServer;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+pub const PARTITIONS: i32 = 12;
+pub const SESSION: Duration = Duration::from_secs(6);
+pub const REBALANCE: Duration = Duration::from_secs(10);
+pub const HEARTBEAT: Duration = Duration::from_millis(300);
+
+pub fn broker() -> &'static InfraServer {
+    static BROKER: OnceLock<InfraServer> = OnceLock::new();
+    BROKER.get_or_init(|| InfraServer::start("kafka"))
+}
+
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Creates a topic with `PARTITIONS` partitions and returns its name.
+pub async fn topic(bootstrap: &str) -> String {
+    let name = unique("topic");
+    let client = rskafka::client::ClientBuilder::new(vec![bootstrap.to_string()])
+        .build()
+        .await
+        .expect("rskafka connects");
+    client
+        .controller_client()
+        .unwrap()
+        .create_topic(&name, PARTITIONS, 1, 5_000)
+        .await
+        .expect("topic created");
+    name
+}
+
+pub fn config(bootstrap: &str, group: &str, topic: &str) -> GroupConfig {
+    let mut config = GroupConfig::new(vec![bootstrap.to_string()], group, vec![topic.to_string()]);
+    config.session_timeout = SESSION;
+    config.rebalance_timeout = REBALANCE;
+    config.heartbeat_interval = HEARTBEAT;
+    config.request_timeout = Duration::from_secs(5);
+    config.client_id = "kafka-group-test".into();
+    config
+}
+
+/// A member plus what it currently owns, tracked from its events. Revocations are
+/// acknowledged at once (tests that care about revocation read events themselves).
+pub struct Tracked {
+    pub member: GroupMember,
+    pub events: UnboundedReceiver<GroupEvent>,
+    pub owned: BTreeSet<TopicPartition>,
+}
+
+impl Tracked {
+    pub fn start(config: GroupConfig) -> Self {
+        let (member, events) = GroupMember::start(config).expect("valid config");
+        Self {
+            member,
+            events,
+            owned: BTreeSet::new(),
+        }
+    }
+
+    /// Applies every event that is already there.
+    pub fn drain(&mut self) {
+        while let Ok(event) = self.events.try_recv() {
+            match event {
+                GroupEvent::Assigned { partitions, .. } => self.owned = partitions.into_iter().collect(),
+                GroupEvent::Revoked(revocation) => {
+                    self.owned.clear();
+                    revocation.done();
+                }
+            }
+        }
+    }
+}
+
+/// Waits until the members' assignments are disjoint, cover all partitions and each member
+/// owns something (when there are enough partitions); returns how long that took.
+pub async fn settle(members: &mut [&mut Tracked], topic: &str, timeout: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        for m in members.iter_mut() {
+            m.drain();
+        }
+        let sets: Vec<&BTreeSet<TopicPartition>> = members.iter().map(|m| &m.owned).collect();
+        if is_split(&sets, topic) && members.iter().all(|m| m.member.assignment().len() == m.owned.len()) {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < timeout, "no complete split after {timeout:?}: {:?}", sets);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn is_split(sets: &[&BTreeSet<TopicPartition>], topic: &str) -> bool {
+    let total: usize = sets.iter().map(|s| s.len()).sum();
+    let union: BTreeSet<&TopicPartition> = sets.iter().flat_map(|s| s.iter()).collect();
+    let all: BTreeSet<TopicPartition> = (0..PARTITIONS).map(|p| TopicPartition::new(topic, p)).collect();
+    let balanced = {
+        let sizes: Vec<usize> = sets.iter().map(|s| s.len()).collect();
+        sizes.iter().max().unwrap_or(&0) - sizes.iter().min().unwrap_or(&0) <= 1
+    };
+    total == all.len() && union.len() == all.len() && union.into_iter().eq(all.iter()) && balanced
+}
+
+pub fn offsets(topic: &str, pairs: &[(i32, i64)]) -> BTreeMap<TopicPartition, i64> {
+    pairs.iter().map(|(p, o)| (TopicPartition::new(topic, *p), *o)).collect()
+}

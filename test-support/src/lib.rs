@@ -1,0 +1,108 @@
+//! Test support shared by the workspace's integration tests: real servers started through
+//! `scripts/infra.sh`, and the independent Python clients that cross-check our claims.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("test-support sits in the workspace")
+        .to_path_buf()
+}
+
+/// A server started by `scripts/infra.sh`; stopped when dropped. The watchdog given our pid
+/// also stops it if this test process dies first.
+pub struct InfraServer {
+    kind: &'static str,
+    dir: tempfile::TempDir,
+    pub address: String,
+}
+
+impl InfraServer {
+    /// `kind` is `kafka` or `mongo`.
+    pub fn start(kind: &'static str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("scalable-shop-{kind}-"))
+            .tempdir()
+            .expect("temp dir");
+        let address = infra(&[
+            "start",
+            kind,
+            path_str(dir.path()),
+            "--owner-pid",
+            &std::process::id().to_string(),
+        ]);
+        Self { kind, dir, address }
+    }
+
+    pub fn stop(&self) {
+        infra(&["stop", path_str(self.dir.path())]);
+    }
+
+    /// Starts again in the same directory: same data, same port.
+    pub fn restart(&self) {
+        let address = infra(&[
+            "start",
+            self.kind,
+            path_str(self.dir.path()),
+            "--owner-pid",
+            &std::process::id().to_string(),
+        ]);
+        assert_eq!(
+            address, self.address,
+            "a restarted server keeps its address"
+        );
+    }
+}
+
+impl Drop for InfraServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("temp paths are UTF-8")
+}
+
+fn infra(args: &[&str]) -> String {
+    let output = Command::new(workspace_root().join("scripts/infra.sh"))
+        .args(args)
+        .output()
+        .expect("run scripts/infra.sh");
+    assert!(
+        output.status.success(),
+        "scripts/infra.sh {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_string()
+}
+
+/// The Python of the test virtualenv (`make test-deps`), or `TEST_PYTHON`.
+pub fn python() -> PathBuf {
+    std::env::var_os("TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".local/venv/bin/python"))
+}
+
+/// Runs a Python script from `test-support/py/` and parses its JSON output.
+pub fn run_python(script: &str, args: &[&str]) -> serde_json::Value {
+    let output = Command::new(python())
+        .arg(workspace_root().join("test-support/py").join(script))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {script} (make test-deps installs its virtualenv): {e}"));
+    assert!(
+        output.status.success(),
+        "{script} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("{script} printed no JSON: {e}"))
+}
