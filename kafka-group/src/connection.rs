@@ -91,11 +91,6 @@ impl Connection {
         self.broken.load(Ordering::Relaxed)
     }
 
-    /// The versions of an API the broker supports.
-    pub fn supported(&self, api_key: i16) -> Option<RangeInclusive<i16>> {
-        self.versions.get(&api_key).cloned()
-    }
-
     /// The highest version both sides speak within `ours`.
     pub fn version<R: Request>(&self, ours: RangeInclusive<i16>) -> Result<i16> {
         let api = ApiKey::try_from(R::KEY)

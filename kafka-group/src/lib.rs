@@ -1,4 +1,51 @@
-//! Kafka consumer groups for rskafka users.
+//! Kafka consumer groups and committed offsets for [rskafka] users.
+//!
+//! rskafka produces and fetches but has no consumer groups. This crate adds the classic
+//! group protocol (FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup) and offset
+//! management (OffsetCommit, OffsetFetch, ListOffsets) on the [`kafka_protocol`] crate's
+//! message types over tokio TCP, so a fleet of rskafka consumers can split a topic's
+//! partitions and record progress where tools like KEDA read it.
+//!
+//! - [`GroupMember`] joins a group in a background task, heartbeats, follows rebalances and
+//!   tells the application through [`GroupEvent`]s which partitions it owns. Before a
+//!   partition can go to another member, the owner receives [`GroupEvent::Revoked`] and the
+//!   group waits until it has committed and let go.
+//! - [`Assignor::Sticky`] keeps partitions where they are when members come and go;
+//!   [`Assignor::Range`] is Kafka's range assignor, for groups mixed with other clients.
+//! - [`GroupAdmin`] reads committed offsets, end offsets and lag without joining, counting
+//!   lag the way KEDA's Kafka scaler does ([`PartitionLag`], [`keda_desired_replicas`]).
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::collections::BTreeMap;
+//! use kafka_group::{GroupConfig, GroupEvent, GroupMember, TopicPartition};
+//!
+//! # async fn example() -> kafka_group::Result<()> {
+//! let config = GroupConfig::new(vec!["127.0.0.1:9092".into()], "purchase-workers", vec!["purchases".into()]);
+//! let (member, mut events) = GroupMember::start(config)?;
+//! while let Some(event) = events.recv().await {
+//!     match event {
+//!         GroupEvent::Assigned { partitions, .. } => {
+//!             // Start fetching `partitions` with rskafka from `member.committed(&partitions)`.
+//!         }
+//!         GroupEvent::Revoked(revocation) => {
+//!             // Stop fetching, write what was read, then commit the next offsets to read.
+//!             let done: BTreeMap<TopicPartition, i64> = BTreeMap::new();
+//!             if !revocation.lost {
+//!                 member.commit(&done).await?;
+//!             }
+//!             revocation.done();
+//!         }
+//!     }
+//! }
+//! member.leave().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! [rskafka]: https://docs.rs/rskafka
+
 mod assignor;
 mod backoff;
 mod cluster;

@@ -320,26 +320,28 @@ impl MemberTask {
                 }
             }
 
-            let interruption = self.stable(&mut commands).await;
-            let lost = matches!(interruption, Interruption::Lost);
-            let pending = self.revoke(lost, &mut commands).await;
-            match (interruption, pending) {
-                (Interruption::Leave(reply), _) | (_, Some(Command::Leave(reply))) => {
-                    return self.finish(Some(Command::Leave(reply))).await;
+            // A leave needs no revocation: the application committed before asking.
+            let lost = match self.stable(&mut commands).await {
+                Interruption::Leave(reply) => {
+                    return self.finish(Some(Command::Leave(reply))).await
                 }
-                (Interruption::Abandoned, _) => return self.finish(None).await,
-                (Interruption::Lost, None) => {
-                    tracing::warn!(group = %self.config.group_id, "membership lost, rejoining as a new member");
-                    self.previous.clear();
-                    self.state
-                        .lock()
-                        .expect("membership lock")
-                        .member_id
-                        .clear();
-                }
-                (Interruption::Rebalance, None) => {
-                    tracing::info!(group = %self.config.group_id, "rebalance, rejoining");
-                }
+                Interruption::Abandoned => return self.finish(None).await,
+                Interruption::Rebalance => false,
+                Interruption::Lost => true,
+            };
+            if let Some(command) = self.revoke(lost, &mut commands).await {
+                return self.finish(Some(command)).await;
+            }
+            if lost {
+                tracing::warn!(group = %self.config.group_id, "membership lost, rejoining as a new member");
+                self.previous.clear();
+                self.state
+                    .lock()
+                    .expect("membership lock")
+                    .member_id
+                    .clear();
+            } else {
+                tracing::info!(group = %self.config.group_id, "rebalance, rejoining");
             }
         }
     }

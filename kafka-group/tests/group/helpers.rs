@@ -21,7 +21,11 @@ pub fn broker() -> &'static InfraServer {
 pub fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static N: AtomicUsize = AtomicUsize::new(0);
-    format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Creates a topic with `PARTITIONS` partitions and returns its name.
@@ -72,7 +76,9 @@ impl Tracked {
     pub fn drain(&mut self) {
         while let Ok(event) = self.events.try_recv() {
             match event {
-                GroupEvent::Assigned { partitions, .. } => self.owned = partitions.into_iter().collect(),
+                GroupEvent::Assigned { partitions, .. } => {
+                    self.owned = partitions.into_iter().collect()
+                }
                 GroupEvent::Revoked(revocation) => {
                     self.owned.clear();
                     revocation.done();
@@ -91,10 +97,18 @@ pub async fn settle(members: &mut [&mut Tracked], topic: &str, timeout: Duration
             m.drain();
         }
         let sets: Vec<&BTreeSet<TopicPartition>> = members.iter().map(|m| &m.owned).collect();
-        if is_split(&sets, topic) && members.iter().all(|m| m.member.assignment().len() == m.owned.len()) {
+        if is_split(&sets, topic)
+            && members
+                .iter()
+                .all(|m| m.member.assignment().len() == m.owned.len())
+        {
             return started.elapsed();
         }
-        assert!(started.elapsed() < timeout, "no complete split after {timeout:?}: {:?}", sets);
+        assert!(
+            started.elapsed() < timeout,
+            "no complete split after {timeout:?}: {:?}",
+            sets
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -102,7 +116,9 @@ pub async fn settle(members: &mut [&mut Tracked], topic: &str, timeout: Duration
 pub fn is_split(sets: &[&BTreeSet<TopicPartition>], topic: &str) -> bool {
     let total: usize = sets.iter().map(|s| s.len()).sum();
     let union: BTreeSet<&TopicPartition> = sets.iter().flat_map(|s| s.iter()).collect();
-    let all: BTreeSet<TopicPartition> = (0..PARTITIONS).map(|p| TopicPartition::new(topic, p)).collect();
+    let all: BTreeSet<TopicPartition> = (0..PARTITIONS)
+        .map(|p| TopicPartition::new(topic, p))
+        .collect();
     let balanced = {
         let sizes: Vec<usize> = sets.iter().map(|s| s.len()).collect();
         sizes.iter().max().unwrap_or(&0) - sizes.iter().min().unwrap_or(&0) <= 1
@@ -111,5 +127,8 @@ pub fn is_split(sets: &[&BTreeSet<TopicPartition>], topic: &str) -> bool {
 }
 
 pub fn offsets(topic: &str, pairs: &[(i32, i64)]) -> BTreeMap<TopicPartition, i64> {
-    pairs.iter().map(|(p, o)| (TopicPartition::new(topic, *p), *o)).collect()
+    pairs
+        .iter()
+        .map(|(p, o)| (TopicPartition::new(topic, *p), *o))
+        .collect()
 }
