@@ -132,3 +132,20 @@ pub fn offsets(topic: &str, pairs: &[(i32, i64)]) -> BTreeMap<TopicPartition, i6
         .map(|(p, o)| (TopicPartition::new(topic, *p), *o))
         .collect()
 }
+
+/// A fresh topic and group with `count` members that have split the partitions.
+pub async fn settled_group(bootstrap: &str, count: usize) -> (String, String, Vec<Tracked>) {
+    let topic = topic(bootstrap).await;
+    let group = unique("group");
+    let mut members: Vec<Tracked> = (0..count)
+        .map(|_| Tracked::start(config(bootstrap, &group, &topic)))
+        .collect();
+    let took = settle(
+        &mut members.iter_mut().collect::<Vec<_>>(),
+        &topic,
+        Duration::from_secs(60),
+    )
+    .await;
+    eprintln!("[timing] {count} member(s) split {PARTITIONS} partitions in {took:?}");
+    (topic, group, members)
+}

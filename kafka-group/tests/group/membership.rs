@@ -40,11 +40,8 @@ async fn two_members_split_then_a_third_joins_and_only_its_share_moves() {
 #[tokio::test]
 async fn a_member_that_vanishes_loses_its_partitions_after_the_session_timeout() {
     let kafka = broker();
-    let topic = topic(&kafka.address).await;
-    let group = unique("group");
-    let mut a = Tracked::start(config(&kafka.address, &group, &topic));
-    let mut b = Tracked::start(config(&kafka.address, &group, &topic));
-    settle(&mut [&mut a, &mut b], &topic, Duration::from_secs(60)).await;
+    let (topic, _, members) = settled_group(&kafka.address, 2).await;
+    let [mut a, b] = <[Tracked; 2]>::try_from(members).ok().expect("two members");
 
     let kept = a.owned.clone();
     drop(b); // no LeaveGroup, no more heartbeats: a crash as the coordinator sees it
@@ -68,11 +65,8 @@ async fn a_member_that_vanishes_loses_its_partitions_after_the_session_timeout()
 #[tokio::test]
 async fn a_graceful_leave_rebalances_at_once() {
     let kafka = broker();
-    let topic = topic(&kafka.address).await;
-    let group = unique("group");
-    let mut a = Tracked::start(config(&kafka.address, &group, &topic));
-    let mut b = Tracked::start(config(&kafka.address, &group, &topic));
-    settle(&mut [&mut a, &mut b], &topic, Duration::from_secs(60)).await;
+    let (topic, _, members) = settled_group(&kafka.address, 2).await;
+    let [mut a, b] = <[Tracked; 2]>::try_from(members).ok().expect("two members");
 
     let started = Instant::now();
     b.member.leave().await.expect("leave accepted");
@@ -88,10 +82,8 @@ async fn a_graceful_leave_rebalances_at_once() {
 #[tokio::test]
 async fn the_owner_hears_of_revocation_before_anyone_else_gets_its_partitions() {
     let kafka = broker();
-    let topic = topic(&kafka.address).await;
-    let group = unique("group");
-    let mut a = Tracked::start(config(&kafka.address, &group, &topic));
-    settle(&mut [&mut a], &topic, Duration::from_secs(60)).await;
+    let (topic, group, members) = settled_group(&kafka.address, 1).await;
+    let mut a = members.into_iter().next().expect("one member");
 
     let mut b = Tracked::start(config(&kafka.address, &group, &topic));
     let revocation = match tokio::time::timeout(Duration::from_secs(60), a.events.recv()).await {
@@ -118,11 +110,8 @@ async fn the_owner_hears_of_revocation_before_anyone_else_gets_its_partitions() 
 #[tokio::test]
 async fn members_recover_after_the_broker_restarts() {
     let kafka = InfraServer::start("kafka");
-    let topic = topic(&kafka.address).await;
-    let group = unique("group");
-    let mut a = Tracked::start(config(&kafka.address, &group, &topic));
-    let mut b = Tracked::start(config(&kafka.address, &group, &topic));
-    settle(&mut [&mut a, &mut b], &topic, Duration::from_secs(60)).await;
+    let (topic, _, members) = settled_group(&kafka.address, 2).await;
+    let [mut a, mut b] = <[Tracked; 2]>::try_from(members).ok().expect("two members");
 
     kafka.stop();
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -106,10 +106,8 @@ async fn committed_offsets_read_back_and_confluent_kafka_reads_the_same() {
 #[tokio::test]
 async fn a_commit_from_outside_the_active_generation_is_refused() {
     let kafka = broker();
-    let topic = topic(&kafka.address).await;
-    let group = unique("group");
-    let mut a = Tracked::start(config(&kafka.address, &group, &topic));
-    settle(&mut [&mut a], &topic, Duration::from_secs(60)).await;
+    let (topic, group, members) = settled_group(&kafka.address, 1).await;
+    let mut a = members.into_iter().next().expect("one member");
     let old_generation = a.member.generation();
 
     let mut b = Tracked::start(config(&kafka.address, &group, &topic));
