@@ -154,7 +154,7 @@ pub struct GroupMember {
     admin: GroupAdmin,
     state: Arc<StdMutex<Membership>>,
     commands: mpsc::Sender<Command>,
-    task: Option<JoinHandle<()>>,
+    task: StdMutex<Option<JoinHandle<()>>>,
 }
 
 impl GroupMember {
@@ -186,7 +186,7 @@ impl GroupMember {
                 admin,
                 state,
                 commands,
-                task: Some(task),
+                task: StdMutex::new(Some(task)),
             },
             receiver,
         ))
@@ -241,13 +241,15 @@ impl GroupMember {
     }
 
     /// Leaves the group so it rebalances at once. Commit before calling this.
-    pub async fn leave(mut self) -> Result<()> {
+    /// The member stops; later calls fail with [`Error::Stopped`].
+    pub async fn leave(&self) -> Result<()> {
         let (reply, result) = oneshot::channel();
         if self.commands.send(Command::Leave(reply)).await.is_err() {
             return Err(Error::Stopped);
         }
         let result = result.await.unwrap_or(Err(Error::Stopped));
-        if let Some(task) = self.task.take() {
+        let task = self.task.lock().expect("task lock").take();
+        if let Some(task) = task {
             let _ = task.await;
         }
         result
@@ -256,7 +258,7 @@ impl GroupMember {
 
 impl Drop for GroupMember {
     fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
+        if let Some(task) = self.task.get_mut().ok().and_then(Option::take) {
             task.abort();
         }
     }
