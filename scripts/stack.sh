@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The local stack: broker, database and gateway on loopback, state and logs under .local/stack.
+# The local stack: broker, database, gateway and two workers on loopback, state and logs under
+# .local/stack.
 #
 #   scripts/stack.sh up       install what is missing, start everything, wait until ready
 #   scripts/stack.sh down     stop everything (the data stays for the next `up`)
 #   scripts/stack.sh status   what runs where
 #
-# GATEWAY_PORT (default 8080) picks the gateway's port.
+# GATEWAY_PORT (default 8080) picks the gateway's port; workers serve /metrics on 9101, 9102.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 stack=.local/stack
@@ -13,6 +14,16 @@ logs="$stack/logs"
 gateway_port="${GATEWAY_PORT:-8080}"
 
 running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+services=(gateway worker-1 worker-2)
+
+# start_service NAME COMMAND...: in the background, logging to $logs/NAME.log, unless running.
+start_service() {
+  local name="$1"; shift
+  running "$stack/$name.pid" && return 0
+  nohup "$@" </dev/null >>"$logs/$name.log" 2>&1 &
+  echo $! >"$stack/$name.pid"
+}
 
 up() {
   scripts/infra.sh install
@@ -22,12 +33,11 @@ up() {
   mongo="$(scripts/infra.sh start mongo "$stack/mongo")"
   ln -sf ../kafka/server.log "$logs/kafka.log"
   ln -sf ../mongo/server.log "$logs/mongo.log"
-  cargo build --release -p gateway
-  if ! running "$stack/gateway.pid"; then
-    KAFKA_BROKERS="$kafka" MONGO_URI="$mongo" GATEWAY_LISTEN="127.0.0.1:$gateway_port" \
-      nohup target/release/gateway </dev/null >>"$logs/gateway.log" 2>&1 &
-    echo $! >"$stack/gateway.pid"
-  fi
+  cargo build --release -p gateway -p worker
+  start_service gateway env KAFKA_BROKERS="$kafka" MONGO_URI="$mongo" GATEWAY_LISTEN="127.0.0.1:$gateway_port" target/release/gateway
+  for n in 1 2; do
+    start_service "worker-$n" env KAFKA_BROKERS="$kafka" MONGO_URI="$mongo" WORKER_LISTEN="127.0.0.1:910$n" target/release/worker
+  done
   for _ in $(seq 1 150); do
     curl -fs "http://127.0.0.1:$gateway_port/readyz" >/dev/null && break
     running "$stack/gateway.pid" || { tail -n 20 "$logs/gateway.log"; echo "gateway exited (log: $logs/gateway.log)" >&2; exit 1; }
@@ -39,18 +49,22 @@ up() {
 Try it:
   curl -i -X POST http://127.0.0.1:$gateway_port/api/purchases -H 'Content-Type: application/json' \\
        -d '{"username":"elad","userId":"555","price":12.00}'
+  curl -s http://127.0.0.1:$gateway_port/api/users/555/purchases
   open http://127.0.0.1:$gateway_port/docs
 Logs: $logs/   Stop: make down
 EOT
 }
 
 down() {
-  if running "$stack/gateway.pid"; then
-    local pid; pid="$(cat "$stack/gateway.pid")"
-    kill "$pid"
-    for _ in $(seq 1 250); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  fi
-  rm -f "$stack/gateway.pid"
+  local name pid
+  for name in "${services[@]}"; do
+    if running "$stack/$name.pid"; then
+      pid="$(cat "$stack/$name.pid")"
+      kill "$pid"
+      for _ in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    fi
+    rm -f "$stack/$name.pid"
+  done
   scripts/infra.sh stop "$stack/kafka"
   scripts/infra.sh stop "$stack/mongo"
   echo "stack stopped"
@@ -65,11 +79,14 @@ status() {
       printf '%-8s %-8s\n' "$s" down
     fi
   done
-  if running "$stack/gateway.pid"; then
-    printf '%-8s %-8s %s\n' gateway up "http://127.0.0.1:$gateway_port"
-  else
-    printf '%-8s %-8s\n' gateway down
-  fi
+  local name
+  for name in "${services[@]}"; do
+    if running "$stack/$name.pid"; then
+      printf '%-8s %-8s %s\n' "$name" up "pid $(cat "$stack/$name.pid"), log $logs/$name.log"
+    else
+      printf '%-8s %-8s\n' "$name" down
+    fi
+  done
 }
 
 case "${1:-}" in

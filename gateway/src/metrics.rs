@@ -5,10 +5,8 @@ use std::time::Instant;
 
 use poem::{Endpoint, IntoResponse, Request, Response};
 use poem_openapi::OperationId;
-use prometheus::{
-    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter,
-    IntCounterVec, Opts, Registry, TextEncoder,
-};
+use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, Registry};
+use purchase::metrics;
 
 use crate::error::render_error;
 
@@ -24,82 +22,51 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
+        let registry = Registry::new();
         let labels = &["route", "method", "status"];
-        let http_requests = IntCounterVec::new(
-            Opts::new(
+        Self {
+            http_requests: metrics::counter_vec(
+                &registry,
                 "gateway_http_requests_total",
                 "HTTP requests by route and status",
+                labels,
             ),
-            labels,
-        )
-        .expect("valid metric");
-        let http_duration = HistogramVec::new(
-            HistogramOpts::new(
+            http_duration: metrics::histogram_vec(
+                &registry,
                 "gateway_http_request_duration_seconds",
                 "HTTP request latency by route and status",
-            )
-            .buckets(exponential_buckets(0.0005, 2.0, 16).expect("valid buckets")),
-            labels,
-        )
-        .expect("valid metric");
-        let purchases_accepted = IntCounter::new(
-            "gateway_purchases_accepted_total",
-            "Purchases acknowledged by the broker and answered with 202",
-        )
-        .expect("valid metric");
-        let produce_duration = Histogram::with_opts(
-            HistogramOpts::new(
+                labels,
+                metrics::latency_buckets(),
+            ),
+            purchases_accepted: metrics::counter(
+                &registry,
+                "gateway_purchases_accepted_total",
+                "Purchases acknowledged by the broker and answered with 202",
+            ),
+            produce_duration: metrics::histogram(
+                &registry,
                 "gateway_kafka_produce_duration_seconds",
                 "Duration of one produce request (one batch) until the broker acknowledged it",
-            )
-            .buckets(exponential_buckets(0.0005, 2.0, 16).expect("valid buckets")),
-        )
-        .expect("valid metric");
-        let produce_batch_records = Histogram::with_opts(
-            HistogramOpts::new(
+                metrics::latency_buckets(),
+            ),
+            produce_batch_records: metrics::histogram(
+                &registry,
                 "gateway_kafka_produce_batch_records",
                 "Purchases sent together in one produce request",
-            )
-            .buckets(exponential_buckets(1.0, 2.0, 12).expect("valid buckets")),
-        )
-        .expect("valid metric");
-        let produce_errors = IntCounter::new(
-            "gateway_kafka_produce_errors_total",
-            "Produce requests that failed after rskafka's retries",
-        )
-        .expect("valid metric");
-
-        let registry = Registry::new();
-        for collector in [
-            Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(http_duration.clone()),
-            Box::new(purchases_accepted.clone()),
-            Box::new(produce_duration.clone()),
-            Box::new(produce_batch_records.clone()),
-            Box::new(produce_errors.clone()),
-        ] {
-            registry
-                .register(collector)
-                .expect("metric names are unique");
-        }
-        Self {
+                metrics::size_buckets(),
+            ),
+            produce_errors: metrics::counter(
+                &registry,
+                "gateway_kafka_produce_errors_total",
+                "Produce requests that failed after rskafka's retries",
+            ),
             registry,
-            http_requests,
-            http_duration,
-            purchases_accepted,
-            produce_duration,
-            produce_batch_records,
-            produce_errors,
         }
     }
 
     /// The Prometheus text exposition of every gateway metric.
     pub fn render(&self) -> String {
-        let mut buffer = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buffer)
-            .expect("text encoding into memory cannot fail");
-        String::from_utf8(buffer).expect("prometheus text is UTF-8")
+        metrics::render(&self.registry)
     }
 
     fn observe(&self, route: &str, method: &str, status: u16, started: Instant) {

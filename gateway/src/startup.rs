@@ -52,7 +52,7 @@ impl Application {
         let db = mongo::connect(&config.mongo, "gateway")
             .await
             .context("invalid MongoDB connection string")?;
-        tokio::spawn(ensure_indexes_until_done(db.clone()));
+        tokio::spawn(mongo::ensure_indexes_until_done(db.clone()));
 
         let acceptor = TcpListener::bind(config.listen)
             .into_acceptor()
@@ -125,23 +125,4 @@ fn routes(state: Arc<AppState>, max_body_bytes: usize) -> impl poem::Endpoint {
             let metrics = Arc::clone(&metrics);
             async move { Ok(metrics::observe(next, req, &metrics).await) }
         })
-}
-
-/// Index creation must not keep the write path down while MongoDB is unreachable: retry in
-/// the background until it succeeds.
-async fn ensure_indexes_until_done(db: mongodb::Database) {
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match mongo::ensure_indexes(&db).await {
-            Ok(()) => {
-                tracing::info!("MongoDB indexes are in place");
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?delay, "cannot create MongoDB indexes yet");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(30));
-            }
-        }
-    }
 }

@@ -141,6 +141,8 @@ struct Membership {
     member_id: String,
     generation: i32,
     assigned: Vec<TopicPartition>,
+    /// Between an assignment and the next revocation.
+    stable: bool,
 }
 
 enum Command {
@@ -235,6 +237,12 @@ impl GroupMember {
         self.state.lock().expect("membership lock").generation
     }
 
+    /// Whether the member holds an assignment of the current generation (not joining or
+    /// rebalancing).
+    pub fn is_stable(&self) -> bool {
+        self.state.lock().expect("membership lock").stable
+    }
+
     /// Offsets and lag without membership, sharing this member's connections.
     pub fn admin(&self) -> &GroupAdmin {
         &self.admin
@@ -304,6 +312,7 @@ impl MemberTask {
                     let generation = {
                         let mut state = self.state.lock().expect("membership lock");
                         state.assigned = partitions.clone();
+                        state.stable = true;
                         state.generation
                     };
                     tracing::info!(group = %self.config.group_id, generation, partitions = partitions.len(), "assigned");
@@ -391,7 +400,11 @@ impl MemberTask {
         lost: bool,
         commands: &mut mpsc::Receiver<Command>,
     ) -> Option<Command> {
-        let partitions = std::mem::take(&mut self.state.lock().expect("membership lock").assigned);
+        let partitions = {
+            let mut state = self.state.lock().expect("membership lock");
+            state.stable = false;
+            std::mem::take(&mut state.assigned)
+        };
         self.previous = partitions.clone();
         if partitions.is_empty() {
             return None;

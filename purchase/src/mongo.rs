@@ -48,3 +48,22 @@ pub async fn ensure_indexes(db: &Database) -> mongodb::error::Result<()> {
 pub async fn ping(db: &Database) -> mongodb::error::Result<()> {
     db.run_command(doc! { "ping": 1 }).await.map(|_| ())
 }
+
+/// Creates the indexes in the background, retrying with backoff until MongoDB answers, so an
+/// unreachable database at start-up delays the indexes instead of stopping the process.
+pub async fn ensure_indexes_until_done(db: Database) {
+    let mut delay = std::time::Duration::from_millis(200);
+    loop {
+        match ensure_indexes(&db).await {
+            Ok(()) => {
+                tracing::info!("MongoDB indexes are in place");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?delay, "cannot create MongoDB indexes yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(30));
+            }
+        }
+    }
+}
