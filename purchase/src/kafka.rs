@@ -30,6 +30,9 @@ pub async fn connect(args: &KafkaArgs) -> Result<Client, KafkaError> {
 /// Creates the topic when missing and returns its real partition count (which wins over
 /// the configured one when the topic already existed).
 pub async fn ensure_topic(client: &Client, args: &KafkaArgs) -> Result<i32, KafkaError> {
+    if let Some(partitions) = partition_count(client, &args.topic).await? {
+        return Ok(partitions);
+    }
     let timeout_ms = i32::try_from(args.retry_deadline.as_millis()).unwrap_or(i32::MAX);
     match client
         .controller_client()?
@@ -44,23 +47,26 @@ pub async fn ensure_topic(client: &Client, args: &KafkaArgs) -> Result<i32, Kafk
         Ok(()) => {
             tracing::info!(topic = %args.topic, partitions = args.topic_partitions, "created topic")
         }
+        // Another process created it between our look and our create.
         Err(KafkaError::ServerError {
             protocol_error: ProtocolError::TopicAlreadyExists,
             ..
         }) => {}
         Err(e) => return Err(e),
     }
-    let topics = client.list_topics().await?;
-    let partitions = topics
-        .iter()
-        .find(|t| t.name == args.topic)
-        .map(|t| t.partitions.len() as i32)
-        .unwrap_or(0);
-    if partitions == 0 {
-        return Err(KafkaError::InvalidResponse(format!(
+    partition_count(client, &args.topic).await?.ok_or_else(|| {
+        KafkaError::InvalidResponse(format!(
             "topic {} has no partitions after creation",
             args.topic
-        )));
-    }
-    Ok(partitions)
+        ))
+    })
+}
+
+async fn partition_count(client: &Client, topic: &str) -> Result<Option<i32>, KafkaError> {
+    let topics = client.list_topics().await?;
+    Ok(topics
+        .iter()
+        .find(|t| t.name == topic)
+        .map(|t| t.partitions.len() as i32)
+        .filter(|n| *n > 0))
 }

@@ -19,6 +19,16 @@ metadata = consumer.list_topics(topic, timeout=10)
 partitions = sorted(metadata.topics[topic].partitions)
 consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
 
+
+
+def decode(value):
+    """JSON values as JSON; anything else (a poison record) as text."""
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value.decode(errors="replace")
+
+
 records, quiet_since = [], None
 while time.time() < deadline:
     message = consumer.poll(0.2)
@@ -33,7 +43,7 @@ while time.time() < deadline:
         "partition": message.partition(),
         "offset": message.offset(),
         "key": message.key().decode() if message.key() is not None else None,
-        "value": json.loads(message.value()),
+        "value": decode(message.value()),
         "headers": {k: v.decode() for k, v in (message.headers() or [])},
     })
 consumer.close()

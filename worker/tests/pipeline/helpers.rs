@@ -1,0 +1,262 @@
+use std::{
+    collections::BTreeSet,
+    process::{Child, Command, Stdio},
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use clap::Parser;
+use gateway::{config::Cli, startup::Application};
+use mongodb::bson::{doc, Document};
+use serde_json::{json, Value};
+use test_support::{run_python, InfraServer};
+use tokio_util::sync::CancellationToken;
+
+pub const PARTITIONS: i32 = 6;
+
+pub fn shared_servers() -> &'static (InfraServer, InfraServer) {
+    static SERVERS: OnceLock<(InfraServer, InfraServer)> = OnceLock::new();
+    SERVERS.get_or_init(|| (InfraServer::start("kafka"), InfraServer::start("mongo")))
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Gateway, topic, group and database of one test; workers are separate processes.
+pub struct Pipeline {
+    pub kafka: String,
+    pub mongo: String,
+    pub topic: String,
+    pub group: String,
+    pub database: String,
+    pub gateway: String,
+    pub client: reqwest::Client,
+    shutdown: CancellationToken,
+}
+
+impl Pipeline {
+    pub async fn start() -> Self {
+        let (kafka, mongo) = shared_servers();
+        Self::start_on(&kafka.address, &mongo.address).await
+    }
+
+    pub async fn start_on(kafka: &str, mongo: &str) -> Self {
+        let topic = unique("purchases");
+        let database = unique("shop").replace('-', "_");
+        let cli = Cli::try_parse_from([
+            "gateway".to_string(),
+            "--listen=127.0.0.1:0".into(),
+            format!("--kafka-brokers={kafka}"),
+            format!("--kafka-topic={topic}"),
+            format!("--kafka-topic-partitions={PARTITIONS}"),
+            format!("--mongo-uri={mongo}"),
+            format!("--mongo-database={database}"),
+            "--mongo-timeout=2s".into(),
+            "--log-filter=warn".into(),
+        ])
+        .expect("gateway flags");
+        let app = Application::build(cli.config)
+            .await
+            .expect("gateway starts");
+        let gateway = format!("http://{}", app.local_addr());
+        let shutdown = CancellationToken::new();
+        tokio::spawn(app.run(shutdown.clone()));
+        Self {
+            kafka: kafka.to_string(),
+            mongo: mongo.to_string(),
+            topic,
+            group: unique("workers"),
+            database,
+            gateway,
+            client: reqwest::Client::new(),
+            shutdown,
+        }
+    }
+
+    /// Starts a worker process of this pipeline.
+    pub fn worker(&self) -> WorkerProcess {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_worker"))
+            .env("WORKER_LISTEN", format!("127.0.0.1:{port}"))
+            .env("KAFKA_BROKERS", &self.kafka)
+            .env("KAFKA_TOPIC", &self.topic)
+            .env("KAFKA_TOPIC_PARTITIONS", PARTITIONS.to_string())
+            .env("KAFKA_GROUP_ID", &self.group)
+            .env("KAFKA_SESSION_TIMEOUT", "6s")
+            .env("KAFKA_REBALANCE_TIMEOUT", "10s")
+            .env("KAFKA_HEARTBEAT_INTERVAL", "300ms")
+            .env("WORKER_DLQ_TOPIC", format!("{}.dlq", self.topic))
+            .env("WORKER_BATCH_MAX_AGE", "100ms")
+            .env("MONGO_URI", &self.mongo)
+            .env("MONGO_DATABASE", &self.database)
+            .env("MONGO_TIMEOUT", "2s")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start worker");
+        WorkerProcess {
+            child,
+            metrics: format!("http://127.0.0.1:{port}/metrics"),
+        }
+    }
+
+    /// POSTs `count` purchases with `concurrency` requests in flight; returns the accepted
+    /// eventIds (every answer must be 202).
+    pub async fn post_purchases(&self, count: usize, concurrency: usize) -> BTreeSet<String> {
+        use futures::StreamExt;
+        let url = format!("{}/api/purchases", self.gateway);
+        let accepted: Vec<String> = futures::stream::iter(0..count)
+            .map(|i| {
+                let request = self.client.post(&url).json(&json!({
+                    "username": format!("user {}", i % 97),
+                    "userId": format!("u{}", i % 97),
+                    "price": 1.25 + (i % 100) as f64,
+                }));
+                async move {
+                    let response = request.send().await.expect("gateway answers");
+                    assert_eq!(response.status().as_u16(), 202);
+                    let body: Value = response.json().await.expect("JSON");
+                    body["eventId"].as_str().expect("eventId").to_string()
+                }
+            })
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
+        accepted.into_iter().collect()
+    }
+
+    pub async fn collection(&self) -> mongodb::Collection<Document> {
+        mongodb::Client::with_uri_str(&self.mongo)
+            .await
+            .expect("mongo client")
+            .database(&self.database)
+            .collection("purchases")
+    }
+
+    /// Waits until `expected` purchases are stored and returns every stored eventId.
+    pub async fn wait_stored(&self, expected: usize, timeout: Duration) -> Vec<String> {
+        let collection = self.collection().await;
+        let started = Instant::now();
+        loop {
+            let count = collection.count_documents(doc! {}).await.unwrap_or(0) as usize;
+            if count >= expected {
+                break;
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "only {count} of {expected} stored after {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        // Let anything extra (a duplicate would be a bug) arrive before counting.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut ids = Vec::new();
+        let mut cursor = collection
+            .find(doc! {})
+            .projection(doc! {"_id": 1})
+            .await
+            .expect("find");
+        while cursor.advance().await.expect("cursor") {
+            let document = cursor.deserialize_current().expect("document");
+            ids.push(document.get_str("_id").expect("string _id").to_string());
+        }
+        ids
+    }
+
+    /// Waits until the group's committed offsets (as confluent-kafka reads them) equal the
+    /// end offsets: lag 0, as KEDA would see it.
+    pub fn wait_committed_to_end(&self, timeout: Duration) -> Value {
+        let started = Instant::now();
+        loop {
+            let offsets = run_python("group_offsets.py", &[&self.kafka, &self.group, &self.topic]);
+            let at_end = (0..PARTITIONS).all(|p| {
+                let end = offsets["end"][p.to_string()].as_i64();
+                let committed = offsets["committed"][p.to_string()].as_i64();
+                end == Some(0) || committed == end
+            });
+            if at_end {
+                return offsets;
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "committed offsets never reached the end: {offsets}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    pub fn stop(self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub struct WorkerProcess {
+    child: Child,
+    pub metrics: String,
+}
+
+impl WorkerProcess {
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub fn terminate(mut self) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        assert!(sent.success());
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                assert!(status.success(), "worker exited with {status}");
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "worker did not stop within 30 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let text = reqwest::get(&self.metrics).await.ok()?.text().await.ok()?;
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every accepted purchase is stored, and nothing else, each exactly once.
+pub fn assert_exactly_once(accepted: &BTreeSet<String>, stored: &[String]) {
+    let distinct: BTreeSet<&String> = stored.iter().collect();
+    assert_eq!(distinct.len(), stored.len(), "a purchase was stored twice");
+    let stored: BTreeSet<String> = stored.iter().cloned().collect();
+    let lost: Vec<&String> = accepted.difference(&stored).take(5).collect();
+    assert!(
+        lost.is_empty(),
+        "{} accepted purchases were lost, e.g. {lost:?}",
+        accepted.difference(&stored).count()
+    );
+    assert_eq!(stored.len(), accepted.len(), "stored purchases nobody sent");
+}

@@ -1,0 +1,8 @@
+//! The whole pipeline on real servers: gateway (in-process) → Kafka (nisshi) → worker
+//! processes → MongoDB (secantusd-rs), with crashes, scale events and outages.
+
+mod helpers;
+
+mod dead_letters;
+mod delivery;
+mod fleet;
