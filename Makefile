@@ -1,5 +1,5 @@
 # scalable-shop: `make up` runs the local stack, `make test` runs every check CI runs.
-.PHONY: up down status deps test-deps test lint unit bench-gateway openapi clean-local
+.PHONY: up down status deps test-deps test lint bench bench-gateway bench-worker openapi clean-local
 
 VENV := .local/venv
 PYTHON := $(VENV)/bin/python
@@ -30,8 +30,14 @@ lint:
 test: test-deps lint  ## lint, unit and integration tests against real servers
 	cargo test --workspace
 
+bench: bench-gateway bench-worker
+
 bench-gateway: ## accepted purchases/s and latency beside the HTTP stack's own limit
 	scripts/bench-gateway.sh
+
+bench-worker:  ## documents/s a worker stores beside raw fetch and raw insert_many rates
+	scripts/infra.sh install
+	cargo bench -p worker --bench throughput
 
 openapi:       ## print the OpenAPI spec
 	@cargo run -q -p gateway -- openapi
