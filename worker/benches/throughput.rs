@@ -30,7 +30,10 @@ const FETCH_BYTES: i32 = 1024 * 1024;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let records: usize = std::env::var("BENCH_RECORDS").ok().and_then(|v| v.parse().ok()).unwrap_or(50_000);
+    let records: usize = std::env::var("BENCH_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50_000);
     let kafka = InfraServer::start("kafka");
     let mongo = InfraServer::start("mongo");
     let topic = "bench-purchases";
@@ -42,11 +45,17 @@ async fn main() -> anyhow::Result<()> {
         .collect();
 
     // Pre-fill the topic, keyed by user as the gateway does.
-    let client = ClientBuilder::new(vec![kafka.address.clone()]).build().await?;
-    client.controller_client()?.create_topic(topic, PARTITIONS, 1, 5_000).await?;
+    let client = ClientBuilder::new(vec![kafka.address.clone()])
+        .build()
+        .await?;
+    client
+        .controller_client()?
+        .create_topic(topic, PARTITIONS, 1, 5_000)
+        .await?;
     let mut per_partition: Vec<Vec<Record>> = vec![Vec::new(); PARTITIONS as usize];
     for event in &events {
-        let p = purchase::partitioner::partition_for_key(event.user_id.as_str().as_bytes(), PARTITIONS);
+        let p =
+            purchase::partitioner::partition_for_key(event.user_id.as_str().as_bytes(), PARTITIONS);
         per_partition[p as usize].push(Record {
             key: Some(event.user_id.as_str().as_bytes().to_vec()),
             value: Some(event.to_json()),
@@ -56,18 +65,26 @@ async fn main() -> anyhow::Result<()> {
     }
     let fill = Instant::now();
     for (p, records) in per_partition.into_iter().enumerate() {
-        let pc = client.partition_client(topic, p as i32, UnknownTopicHandling::Retry).await?;
+        let pc = client
+            .partition_client(topic, p as i32, UnknownTopicHandling::Retry)
+            .await?;
         for chunk in records.chunks(BATCH) {
-            pc.produce(chunk.to_vec(), Compression::NoCompression).await?;
+            pc.produce(chunk.to_vec(), Compression::NoCompression)
+                .await?;
         }
     }
-    eprintln!("pre-filled {records} records in {:.1}s", fill.elapsed().as_secs_f64());
+    eprintln!(
+        "pre-filled {records} records in {:.1}s",
+        fill.elapsed().as_secs_f64()
+    );
 
     // 1. Raw fetch rate: every partition read to its end, concurrently.
     let started = Instant::now();
     let mut tasks = Vec::new();
     for p in 0..PARTITIONS {
-        let pc = client.partition_client(topic, p, UnknownTopicHandling::Retry).await?;
+        let pc = client
+            .partition_client(topic, p, UnknownTopicHandling::Retry)
+            .await?;
         tasks.push(tokio::spawn(async move {
             let mut offset = 0;
             let mut count = 0usize;
@@ -92,7 +109,9 @@ async fn main() -> anyhow::Result<()> {
     assert_eq!(fetched, records, "raw fetch read every record");
 
     // 2. Raw insert_many rate: same documents, same batch size, unordered.
-    let db = mongodb::Client::with_uri_str(&mongo.address).await?.database("bench_raw");
+    let db = mongodb::Client::with_uri_str(&mongo.address)
+        .await?
+        .database("bench_raw");
     let collection = db.collection::<Document>("purchases");
     let documents: Vec<Document> = events.iter().map(PurchaseDocument::from_event).collect();
     let started = Instant::now();
@@ -131,7 +150,10 @@ async fn main() -> anyhow::Result<()> {
         if count >= records {
             break;
         }
-        anyhow::ensure!(Instant::now() < deadline, "worker stored only {count} of {records}");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "worker stored only {count} of {records}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let worker_rate = records as f64 / first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(f64::MAX);
@@ -141,10 +163,19 @@ async fn main() -> anyhow::Result<()> {
     println!();
     println!("worker throughput: {records} records, {PARTITIONS} partitions, batches of {BATCH}, {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
     println!("{:<44} {:>12}", "measure", "records/s");
-    println!("{:<44} {:>12.0}", "raw rskafka fetch (all partitions at once)", fetch_rate);
+    println!(
+        "{:<44} {:>12.0}",
+        "raw rskafka fetch (all partitions at once)", fetch_rate
+    );
     println!("{:<44} {:>12.0}", "raw unordered insert_many", insert_rate);
-    println!("{:<44} {:>12.0}", "worker (fetch, decode, write, commit)", worker_rate);
+    println!(
+        "{:<44} {:>12.0}",
+        "worker (fetch, decode, write, commit)", worker_rate
+    );
     println!("ratio worker / raw fetch:  {:.2}", worker_rate / fetch_rate);
-    println!("ratio worker / raw insert: {:.2}", worker_rate / insert_rate);
+    println!(
+        "ratio worker / raw insert: {:.2}",
+        worker_rate / insert_rate
+    );
     Ok(())
 }
