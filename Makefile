@@ -1,5 +1,5 @@
 # scalable-shop: `make up` runs the local stack, `make test` runs every check CI runs.
-.PHONY: up down status deps test-deps test lint bench bench-gateway bench-worker openapi clean-local
+.PHONY: up down status deps test-deps test deploy-check lint bench bench-gateway bench-worker openapi clean-local
 
 VENV := .local/venv
 PYTHON := $(VENV)/bin/python
@@ -27,8 +27,12 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
-test: test-deps lint  ## lint, unit and integration tests against real servers
+test: test-deps lint  ## lint, unit and integration tests against real servers, deployment checks
 	cargo test --workspace
+	deploy/check.sh
+
+deploy-check: test-deps ## render and validate k8s/ and keda/, checkov, consistency with the binaries
+	deploy/check.sh
 
 bench: bench-gateway bench-worker
 

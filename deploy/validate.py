@@ -1,0 +1,238 @@
+"""Offline checks of the deployment manifests (run by deploy/check.sh after rendering them):
+
+1. every rendered Kubernetes object validates against the Kubernetes schemas
+   (kubernetes-validate), KEDA objects against KEDA's own CRD schemas (deploy/schemas/keda);
+2. the manifests agree with the binaries: every env var they set is one the gateway or worker
+   reads (from `--help`, i.e. the clap definitions), probes and ports are the ports the
+   binaries listen on, grace periods outlast the binaries' drain, and the ScaledObject's topic,
+   group, brokers and reset policy are the worker's;
+3. every metric an alert or dashboard uses is one the binaries export.
+
+usage: validate.py RENDER_DIR GATEWAY_BIN WORKER_BIN
+"""
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import yaml
+
+KUBERNETES_VERSION = "1.31"
+ROOT = Path(__file__).resolve().parent.parent
+render, gateway_bin, worker_bin = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+failures = []
+
+
+def fail(message):
+    failures.append(message)
+
+
+def load(name):
+    return [d for d in yaml.safe_load_all((render / name).read_text()) if d]
+
+
+def settings(binary):
+    """{ENV: default} from a binary's --help (clap prints `[env: NAME=]` and `[default: X]`)."""
+    text = subprocess.run([binary, "--help"], check=True, capture_output=True, text=True).stdout
+    result = {}
+    for block in re.split(r"\n(?=\s+-)", text):
+        env = re.search(r"\[env: ([A-Z0-9_]+)=", block)
+        if env:
+            default = re.search(r"\[default: ([^\]]*)\]", block)
+            result[env.group(1)] = default.group(1) if default else None
+    return result
+
+
+def seconds(duration):
+    match = re.fullmatch(r"(\d+)(ms|s|m)", duration)
+    if not match:
+        raise ValueError(f"cannot read duration {duration!r}")
+    value, unit = int(match.group(1)), match.group(2)
+    return value / 1000 if unit == "ms" else value * (60 if unit == "m" else 1)
+
+
+# 1. Schemas -------------------------------------------------------------------------------
+keda_schemas = {}
+for crd_file in (ROOT / "deploy/schemas/keda").glob("*.yaml"):
+    crd = yaml.safe_load(crd_file.read_text())
+    for version in crd["spec"]["versions"]:
+        keda_schemas[(crd["spec"]["names"]["kind"], f'{crd["spec"]["group"]}/{version["name"]}')] = \
+            version["schema"]["openAPIV3Schema"]
+
+
+def unknown_fields(value, schema, path):
+    """Fields a structural schema would silently prune: almost always a typo."""
+    if isinstance(value, dict):
+        props = schema.get("properties")
+        if props is not None and not schema.get("x-kubernetes-preserve-unknown-fields"):
+            for key in value:
+                if key not in props and not schema.get("additionalProperties"):
+                    yield f"{path}.{key}"
+        for key, item in value.items():
+            sub = (props or {}).get(key) or (schema.get("additionalProperties") if isinstance(schema.get("additionalProperties"), dict) else None)
+            if sub:
+                yield from unknown_fields(item, sub, f"{path}.{key}")
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for i, item in enumerate(value):
+            yield from unknown_fields(item, schema["items"], f"{path}[{i}]")
+
+
+def validate_keda(document, source):
+    schema = keda_schemas.get((document["kind"], document["apiVersion"]))
+    if schema is None:
+        fail(f"{source}: no KEDA schema for {document['kind']} {document['apiVersion']}")
+        return
+    for error in jsonschema.Draft7Validator(schema).iter_errors(document):
+        fail(f"{source}: {document['kind']}/{document['metadata']['name']}: {error.message} at {list(error.path)}")
+    for field in unknown_fields(document, schema, document["kind"]):
+        fail(f"{source}: unknown field {field} (KEDA would drop it)")
+
+
+operator_kinds = {"ServiceMonitor", "PrometheusRule"}
+for name in ["base.yaml", "local.yaml", "keda-base.yaml", "keda-local.yaml", "monitoring.yaml"]:
+    for document in load(name):
+        kind = document["kind"]
+        if document["apiVersion"].startswith("keda.sh/"):
+            validate_keda(document, name)
+        elif kind in operator_kinds:
+            continue  # checked below against the rules file; no schema offline
+        else:
+            try:
+                kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+            except kubernetes_validate.ValidationError as error:
+                fail(f"{name}: {kind}/{document['metadata']['name']}: {error.message} at {list(error.path)}")
+for document in yaml.safe_load_all((ROOT / "keda/triggerauthentication.yaml").read_text()):
+    validate_keda(document, "keda/triggerauthentication.yaml")
+
+# 2. Manifests agree with the binaries ------------------------------------------------------
+known = {"gateway": settings(gateway_bin), "worker": settings(worker_bin)}
+KEDA_KAFKA_METADATA = {
+    "bootstrapServers", "consumerGroup", "topic", "lagThreshold", "activationLagThreshold",
+    "offsetResetPolicy", "allowIdleConsumers", "scaleToZeroOnInvalidOffset", "excludePersistentLag",
+    "limitToPartitionsWithLag", "ensureEvenDistributionOfPartitions", "partitionLimitation",
+    "version", "sasl", "tls", "unsafeSsl",
+}
+
+
+def check_overlay(app_file, keda_file):
+    objects = load(app_file)
+    by_kind = {}
+    for o in objects:
+        by_kind.setdefault(o["kind"], {})[o["metadata"]["name"]] = o
+    configs = list(by_kind.get("ConfigMap", {}).values())
+    secrets = list(by_kind.get("Secret", {}).values())
+    deployments = by_kind.get("Deployment", {})
+    for binary in ("gateway", "worker"):
+        deployment = deployments.get(binary)
+        if deployment is None:
+            fail(f"{app_file}: no Deployment named {binary}")
+            continue
+        pod = deployment["spec"]["template"]["spec"]
+        container = next(c for c in pod["containers"] if c["name"] == binary)
+        if container.get("command") != [f"/usr/local/bin/{binary}"]:
+            fail(f"{app_file}: {binary} runs {container.get('command')}, the image has /usr/local/bin/{binary}")
+        env = {}
+        for source in container.get("envFrom", []):
+            ref = source.get("configMapRef") or source.get("secretRef")
+            pool = configs if "configMapRef" in source else secrets
+            match = next((o for o in pool if o["metadata"]["name"] == ref["name"]), None)
+            if match is None and "configMapRef" in source:
+                fail(f"{app_file}: {binary} reads ConfigMap {ref['name']} which is not rendered")
+            if match:
+                env.update(match.get("data") or {})
+                env.update(match.get("stringData") or {})
+        for item in container.get("env", []):
+            env[item["name"]] = item.get("value")
+        # Every variable set for the app must be one some binary reads (a typo is a silent default).
+        union = set(known["gateway"]) | set(known["worker"])
+        for key in env:
+            if key not in union:
+                fail(f"{app_file}: {binary} gets {key}, which neither binary reads")
+        settings_of = dict(known[binary])
+        settings_of.update({k: v for k, v in env.items() if k in known[binary]})
+        listen = settings_of["GATEWAY_LISTEN" if binary == "gateway" else "WORKER_LISTEN"]
+        port = int(listen.rsplit(":", 1)[1])
+        ports = {p["containerPort"] for p in container.get("ports", [])}
+        if ports != {port}:
+            fail(f"{app_file}: {binary} containerPort {ports}, binary listens on {port}")
+        for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+            get = container.get(probe, {}).get("httpGet", {})
+            if get.get("port") != port or get.get("path") != path:
+                fail(f"{app_file}: {binary} {probe} is {get}, expected {path} on {port}")
+        annotations = deployment["spec"]["template"]["metadata"].get("annotations", {})
+        if annotations.get("prometheus.io/port") != str(port):
+            fail(f"{app_file}: {binary} scrape port {annotations.get('prometheus.io/port')} != {port}")
+        grace_key = "GATEWAY_SHUTDOWN_GRACE" if binary == "gateway" else "WORKER_SHUTDOWN_GRACE"
+        if pod.get("terminationGracePeriodSeconds", 30) <= seconds(settings_of[grace_key]):
+            fail(f"{app_file}: {binary} terminationGracePeriodSeconds must exceed {grace_key}={settings_of[grace_key]}")
+        if "MONGO_URI" not in env and not any("secretRef" in s for s in container.get("envFrom", [])):
+            fail(f"{app_file}: {binary} gets no MONGO_URI")
+        if binary == "worker":
+            worker_env = settings_of
+    # The ScaledObject scales this worker on this group and topic.
+    scaled = [o for o in load(keda_file) if o["kind"] == "ScaledObject"]
+    if len(scaled) != 1:
+        fail(f"{keda_file}: expected one ScaledObject")
+        return
+    so = scaled[0]
+    if so["spec"]["scaleTargetRef"]["name"] not in deployments:
+        fail(f"{keda_file}: scales {so['spec']['scaleTargetRef']['name']}, not a rendered Deployment")
+    trigger = so["spec"]["triggers"][0]
+    meta = trigger["metadata"]
+    expect = {
+        "topic": worker_env["KAFKA_TOPIC"],
+        "consumerGroup": worker_env["KAFKA_GROUP_ID"],
+        "offsetResetPolicy": worker_env["KAFKA_OFFSET_RESET"],
+    }
+    for key, value in expect.items():
+        if meta.get(key) != value:
+            fail(f"{keda_file}: trigger {key}={meta.get(key)!r}, the worker uses {value!r}")
+    brokers = worker_env["KAFKA_BROKERS"]
+    # KEDA runs in another namespace: a short in-namespace service name must be qualified.
+    qualified = {b if b.count(".") >= 2 else b.replace(":", f".{so['metadata']['namespace']}.svc:", 1)
+                 for b in brokers.split(",")}
+    if set(meta.get("bootstrapServers", "").split(",")) != qualified:
+        fail(f"{keda_file}: bootstrapServers {meta.get('bootstrapServers')!r}, the worker uses {brokers!r}")
+    if so["spec"]["maxReplicaCount"] != int(worker_env["KAFKA_TOPIC_PARTITIONS"]):
+        fail(f"{keda_file}: maxReplicaCount {so['spec']['maxReplicaCount']} != partitions {worker_env['KAFKA_TOPIC_PARTITIONS']}")
+    for key in meta:
+        if key not in KEDA_KAFKA_METADATA:
+            fail(f"{keda_file}: unknown kafka trigger field {key}")
+    if not str(meta.get("lagThreshold", "")).isdigit() or int(meta["lagThreshold"]) <= 0:
+        fail(f"{keda_file}: lagThreshold must be a positive number, is {meta.get('lagThreshold')!r}")
+
+
+check_overlay("base.yaml", "keda-base.yaml")
+check_overlay("local.yaml", "keda-local.yaml")
+
+# 3. Metrics used by alerts and dashboards exist --------------------------------------------
+source = (ROOT / "gateway/src/metrics.rs").read_text() + (ROOT / "worker/src/metrics.rs").read_text()
+exported = set(re.findall(r'"((?:gateway|worker)_[a-z_]+)"', source))
+
+
+def used_metrics(text):
+    return set(re.findall(r"\b((?:gateway|worker)_[a-z_]+)", text))
+
+
+def check_metrics(text, where):
+    for metric in used_metrics(text):
+        base = re.sub(r"_(bucket|sum|count)$", "", metric)
+        if metric not in exported and base not in exported:
+            fail(f"{where} uses {metric}, which no binary exports")
+
+
+alerts_text = (ROOT / "monitoring/alerts.yml").read_text()
+check_metrics(alerts_text, "monitoring/alerts.yml")
+check_metrics((ROOT / "monitoring/grafana-dashboard.json").read_text(), "monitoring/grafana-dashboard.json")
+json.loads((ROOT / "monitoring/grafana-dashboard.json").read_text())
+rules = [o for o in load("monitoring.yaml") if o["kind"] == "PrometheusRule"]
+if not rules or rules[0]["spec"]["groups"] != yaml.safe_load(alerts_text)["groups"]:
+    fail("k8s/monitoring PrometheusRule differs from monitoring/alerts.yml")
+
+if failures:
+    print("\n".join(f"FAIL {f}" for f in failures))
+    sys.exit(1)
+print(f"manifests valid (Kubernetes {KUBERNETES_VERSION} schemas, KEDA CRDs) and consistent with the binaries")
