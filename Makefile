@@ -1,5 +1,5 @@
 # scalable-shop: `make up` runs the local stack, `make test` runs every check CI runs.
-.PHONY: up down status deps test-deps test deploy-check lint bench bench-gateway bench-worker openapi clean-local
+.PHONY: up down status load deps test-deps test deploy-check lint bench bench-gateway bench-worker openapi clean-local
 
 VENV := .local/venv
 PYTHON := $(VENV)/bin/python
@@ -42,6 +42,11 @@ bench-gateway: ## accepted purchases/s and latency beside the HTTP stack's own l
 bench-worker:  ## documents/s a worker stores beside raw fetch and raw insert_many rates
 	scripts/infra.sh install
 	cargo bench -p worker --bench throughput
+
+load:          ## a short surge against the local stack (make up first), with the lag KEDA would see
+	cargo build --release -q -p load
+	KAFKA_BROKERS=$$(scripts/infra.sh address .local/stack/kafka) target/release/load \
+	  --stages 5s:200,10s:2000,5s:0 --watch-lag --lag-threshold 2000
 
 openapi:       ## print the OpenAPI spec
 	@cargo run -q -p gateway -- openapi

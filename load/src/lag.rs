@@ -1,0 +1,91 @@
+//! The consumer group's lag, read from the broker the way KEDA's Kafka scaler reads it, and
+//! the replica count KEDA would ask for.
+
+use std::time::Duration;
+
+use kafka_group::{keda_desired_replicas, GroupAdmin, OffsetReset};
+use serde::Serialize;
+
+use crate::config::{LagArgs, ResetPolicy};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LagSnapshot {
+    pub group: String,
+    pub topic: String,
+    /// Sum over partitions of end offset minus committed offset.
+    pub total: i64,
+    pub partitions: Vec<PartitionLag>,
+    pub lag_threshold: i64,
+    /// ceil(total / lagThreshold), capped at the partition count.
+    pub keda_replicas: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionLag {
+    pub partition: i32,
+    pub committed: Option<i64>,
+    pub end: i64,
+    pub lag: i64,
+}
+
+pub struct LagReader {
+    admin: GroupAdmin,
+    args: LagArgs,
+}
+
+impl LagReader {
+    pub fn new(args: LagArgs) -> Self {
+        Self {
+            admin: GroupAdmin::new(args.brokers.clone(), "scalable-shop-load", Duration::from_secs(5)),
+            args,
+        }
+    }
+
+    pub async fn read(&self) -> kafka_group::Result<LagSnapshot> {
+        let reset = match self.args.offset_reset {
+            ResetPolicy::Earliest => OffsetReset::Earliest,
+            ResetPolicy::Latest => OffsetReset::Latest,
+        };
+        let lags = self.admin.lag(&self.args.group, &self.args.topic, reset).await?;
+        let total = lags.iter().map(|l| l.lag).sum();
+        Ok(LagSnapshot {
+            group: self.args.group.clone(),
+            topic: self.args.topic.clone(),
+            total,
+            keda_replicas: keda_desired_replicas(total, self.args.lag_threshold, lags.len()),
+            lag_threshold: self.args.lag_threshold,
+            partitions: lags
+                .into_iter()
+                .map(|l| PartitionLag {
+                    partition: l.partition,
+                    committed: l.committed,
+                    end: l.end,
+                    lag: l.lag,
+                })
+                .collect(),
+        })
+    }
+}
+
+impl LagSnapshot {
+    pub fn summary(&self) -> String {
+        format!(
+            "lag {} → KEDA wants {} worker{} (lagThreshold {})",
+            self.total,
+            self.keda_replicas,
+            if self.keda_replicas == 1 { "" } else { "s" },
+            self.lag_threshold
+        )
+    }
+
+    pub fn table(&self) -> String {
+        let mut out = format!("group {} on topic {}\n", self.group, self.topic);
+        out.push_str("partition  committed        end        lag\n");
+        for p in &self.partitions {
+            let committed = p.committed.map(|c| c.to_string()).unwrap_or_else(|| "-".into());
+            out.push_str(&format!("{:>9} {:>10} {:>10} {:>10}\n", p.partition, committed, p.end, p.lag));
+        }
+        out.push_str(&self.summary());
+        out
+    }
+}

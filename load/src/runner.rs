@@ -1,0 +1,133 @@
+//! The open-loop dispatcher: each request leaves at its scheduled time (or as soon as a
+//! slot frees up under the in-flight cap) and its latency counts from that scheduled time.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::SeedableRng;
+use tokio::{sync::Semaphore, time::Instant};
+
+use crate::{
+    lag::{LagReader, LagSnapshot},
+    report::{Outcome, Report, Stats},
+    schedule::Schedule,
+    workload::Workload,
+};
+
+pub struct Run {
+    pub url: String,
+    pub schedule: Schedule,
+    pub max_in_flight: usize,
+    pub timeout: Duration,
+    pub workload: Workload,
+    /// Shown live and in the report when set.
+    pub lag: Option<LagReader>,
+    pub progress: bool,
+}
+
+pub async fn run(run: Run) -> anyhow::Result<Report> {
+    let client = reqwest::Client::builder()
+        .timeout(run.timeout)
+        .pool_max_idle_per_host(run.max_in_flight)
+        .build()?;
+    let url = format!("{}/api/purchases", run.url.trim_end_matches('/'));
+    let stats = Arc::new(Stats::new());
+    let slots = Arc::new(Semaphore::new(run.max_in_flight.max(1)));
+    let lag: Arc<Mutex<Option<LagSnapshot>>> = Arc::default();
+    let lag_reader = run.lag.map(Arc::new);
+    let progress = run.progress.then(|| spawn_progress(Arc::clone(&stats), Arc::clone(&lag), run.schedule.duration()));
+    let lag_task = lag_reader.clone().map(|reader| {
+        let lag = Arc::clone(&lag);
+        tokio::spawn(async move {
+            loop {
+                if let Ok(snapshot) = reader.read().await {
+                    *lag.lock().expect("lag lock") = Some(snapshot);
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })
+    });
+
+    let mut rng = rand::rngs::StdRng::from_os_rng();
+    let start = Instant::now();
+    for offset in run.schedule.send_times() {
+        let due = start + offset;
+        tokio::time::sleep_until(due).await;
+        let slot = Arc::clone(&slots).acquire_owned().await.expect("semaphore is never closed");
+        let request = client.post(&url).json(&run.workload.purchase(&mut rng));
+        stats.sent();
+        let stats = Arc::clone(&stats);
+        tokio::spawn(async move {
+            let outcome = match request.send().await {
+                Ok(response) => Outcome::Status(response.status().as_u16()),
+                Err(e) if e.is_timeout() => Outcome::Failed("timeout".into()),
+                Err(e) if e.is_connect() => Outcome::Failed("connect".into()),
+                Err(e) => Outcome::Failed(format!("{e}").chars().take(60).collect()),
+            };
+            // From when the request was due, not when it left: a stall delays the requests
+            // queued behind it, and that wait is part of what a user would see.
+            stats.record(due.elapsed(), outcome);
+            drop(slot);
+        });
+    }
+    // Wait for the stragglers: every slot back.
+    let _all = slots
+        .acquire_many(run.max_in_flight.max(1) as u32)
+        .await
+        .expect("semaphore is never closed");
+    let elapsed = start.elapsed().max(run.schedule.duration());
+    if let Some(task) = lag_task {
+        task.abort();
+    }
+    if let Some(bar) = progress {
+        bar.finish_and_clear();
+    }
+    let final_lag = match &lag_reader {
+        Some(reader) => match reader.read().await {
+            Ok(snapshot) => Some(snapshot),
+            Err(e) => {
+                eprintln!("warning: cannot read the consumer lag ({e}); check --kafka-brokers");
+                None
+            }
+        },
+        None => None,
+    };
+    Ok(stats.report(elapsed, final_lag))
+}
+
+fn spawn_progress(stats: Arc<Stats>, lag: Arc<Mutex<Option<LagSnapshot>>>, total: Duration) -> ProgressBar {
+    let bar = ProgressBar::new(total.as_secs().max(1));
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len}s {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let handle = bar.clone();
+    tokio::spawn(async move {
+        let interval = Duration::from_millis(500);
+        let started = Instant::now();
+        let mut last_sent = 0;
+        loop {
+            tokio::time::sleep(interval).await;
+            if handle.is_finished() {
+                return;
+            }
+            let (sent, accepted, failed, p99) = stats.tick();
+            let rate = (sent - last_sent) as f64 / interval.as_secs_f64();
+            last_sent = sent;
+            let p99 = p99.map(|d| format!("{:.1}ms", d.as_secs_f64() * 1000.0)).unwrap_or_else(|| "-".into());
+            let lag = lag
+                .lock()
+                .expect("lag lock")
+                .as_ref()
+                .map(|l| format!("  {}", l.summary()))
+                .unwrap_or_default();
+            handle.set_position(started.elapsed().as_secs());
+            handle.set_message(format!("{rate:.0}/s  ok {accepted}  errors {failed}  p99 {p99}{lag}"));
+        }
+    });
+    bar
+}
