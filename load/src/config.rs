@@ -8,7 +8,11 @@ use purchase::config::parse_duration;
 use crate::schedule::Schedule;
 
 #[derive(Debug, Parser)]
-#[command(name = "load", version, about = "Drive purchases at the gateway at a target rate and watch the consumer lag KEDA scales on")]
+#[command(
+    name = "load",
+    version,
+    about = "Drive purchases at the gateway at a target rate and watch the consumer lag KEDA scales on"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -90,13 +94,29 @@ pub enum ResetPolicy {
 #[derive(Debug, Clone, Args)]
 pub struct LagArgs {
     /// Kafka bootstrap brokers.
-    #[arg(id = "kafka-brokers", long = "kafka-brokers", env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092", value_delimiter = ',')]
+    #[arg(
+        id = "kafka-brokers",
+        long = "kafka-brokers",
+        env = "KAFKA_BROKERS",
+        default_value = "127.0.0.1:9092",
+        value_delimiter = ','
+    )]
     pub brokers: Vec<String>,
 
-    #[arg(id = "kafka-topic", long = "kafka-topic", env = "KAFKA_TOPIC", default_value = "purchases")]
+    #[arg(
+        id = "kafka-topic",
+        long = "kafka-topic",
+        env = "KAFKA_TOPIC",
+        default_value = "purchases"
+    )]
     pub topic: String,
 
-    #[arg(id = "kafka-group-id", long = "kafka-group-id", env = "KAFKA_GROUP_ID", default_value = "purchase-workers")]
+    #[arg(
+        id = "kafka-group-id",
+        long = "kafka-group-id",
+        env = "KAFKA_GROUP_ID",
+        default_value = "purchase-workers"
+    )]
     pub group: String,
 
     /// The ScaledObject's lagThreshold: target lag per worker.
@@ -112,9 +132,15 @@ impl RunArgs {
     pub fn schedule(&self) -> Result<Schedule, String> {
         match (&self.stages, self.rate) {
             (Some(stages), _) => Schedule::parse_stages(stages),
-            (None, Some(rate)) if rate.is_finite() && rate > 0.0 => Ok(Schedule::constant(rate, self.duration)),
-            (None, Some(_)) => Err("--rate must be a positive number of purchases per second".into()),
-            (None, None) => Err("give --rate (with --duration) or --stages, e.g. --rate 200 --duration 30s".into()),
+            (None, Some(rate)) if rate.is_finite() && rate > 0.0 => {
+                Ok(Schedule::constant(rate, self.duration))
+            }
+            (None, Some(_)) => {
+                Err("--rate must be a positive number of purchases per second".into())
+            }
+            (None, None) => Err(
+                "give --rate (with --duration) or --stages, e.g. --rate 200 --duration 30s".into(),
+            ),
         }
     }
 }

@@ -36,7 +36,11 @@ pub struct LagReader {
 impl LagReader {
     pub fn new(args: LagArgs) -> Self {
         Self {
-            admin: GroupAdmin::new(args.brokers.clone(), "scalable-shop-load", Duration::from_secs(5)),
+            admin: GroupAdmin::new(
+                args.brokers.clone(),
+                "scalable-shop-load",
+                Duration::from_secs(5),
+            ),
             args,
         }
     }
@@ -46,7 +50,10 @@ impl LagReader {
             ResetPolicy::Earliest => OffsetReset::Earliest,
             ResetPolicy::Latest => OffsetReset::Latest,
         };
-        let lags = self.admin.lag(&self.args.group, &self.args.topic, reset).await?;
+        let lags = self
+            .admin
+            .lag(&self.args.group, &self.args.topic, reset)
+            .await?;
         let total = lags.iter().map(|l| l.lag).sum();
         Ok(LagSnapshot {
             group: self.args.group.clone(),
@@ -82,8 +89,14 @@ impl LagSnapshot {
         let mut out = format!("group {} on topic {}\n", self.group, self.topic);
         out.push_str("partition  committed        end        lag\n");
         for p in &self.partitions {
-            let committed = p.committed.map(|c| c.to_string()).unwrap_or_else(|| "-".into());
-            out.push_str(&format!("{:>9} {:>10} {:>10} {:>10}\n", p.partition, committed, p.end, p.lag));
+            let committed = p
+                .committed
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "-".into());
+            out.push_str(&format!(
+                "{:>9} {:>10} {:>10} {:>10}\n",
+                p.partition, committed, p.end, p.lag
+            ));
         }
         out.push_str(&self.summary());
         out

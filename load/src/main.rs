@@ -11,7 +11,13 @@ use load::{
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Some(Command::Lag { lag, follow, interval, json }) = cli.command {
+    if let Some(Command::Lag {
+        lag,
+        follow,
+        interval,
+        json,
+    }) = cli.command
+    {
         let brokers = lag.brokers.join(",");
         let reader = LagReader::new(lag);
         loop {

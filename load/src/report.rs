@@ -1,11 +1,7 @@
 //! Counting what happened: an HDR histogram of latencies (from the intended send time) and
 //! answers by status, summarised as the final report.
 
-use std::{
-    collections::BTreeMap,
-    sync::Mutex,
-    time::Duration,
-};
+use std::{collections::BTreeMap, sync::Mutex, time::Duration};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -70,7 +66,8 @@ impl Stats {
     /// (sent, accepted, failed, window p99) and starts a new window.
     pub fn tick(&self) -> (u64, u64, u64, Option<Duration>) {
         let mut inner = self.inner.lock().expect("stats lock");
-        let p99 = (!inner.window.is_empty()).then(|| Duration::from_micros(inner.window.value_at_quantile(0.99)));
+        let p99 = (!inner.window.is_empty())
+            .then(|| Duration::from_micros(inner.window.value_at_quantile(0.99)));
         inner.window.reset();
         let failed = inner.by_status.values().sum::<u64>() + inner.errors.values().sum::<u64>();
         (inner.sent, inner.accepted, failed, p99)
@@ -84,7 +81,11 @@ impl Stats {
             elapsed_seconds: seconds,
             sent: inner.sent,
             accepted: inner.accepted,
-            rejected: inner.by_status.iter().map(|(s, n)| (s.to_string(), *n)).collect(),
+            rejected: inner
+                .by_status
+                .iter()
+                .map(|(s, n)| (s.to_string(), *n))
+                .collect(),
             errors: inner.errors.clone(),
             achieved_rate: inner.sent as f64 / seconds,
             accepted_rate: inner.accepted as f64 / seconds,

@@ -38,7 +38,13 @@ pub async fn run(run: Run) -> anyhow::Result<Report> {
     let slots = Arc::new(Semaphore::new(run.max_in_flight.max(1)));
     let lag: Arc<Mutex<Option<LagSnapshot>>> = Arc::default();
     let lag_reader = run.lag.map(Arc::new);
-    let progress = run.progress.then(|| spawn_progress(Arc::clone(&stats), Arc::clone(&lag), run.schedule.duration()));
+    let progress = run.progress.then(|| {
+        spawn_progress(
+            Arc::clone(&stats),
+            Arc::clone(&lag),
+            run.schedule.duration(),
+        )
+    });
     let lag_task = lag_reader.clone().map(|reader| {
         let lag = Arc::clone(&lag);
         tokio::spawn(async move {
@@ -56,7 +62,10 @@ pub async fn run(run: Run) -> anyhow::Result<Report> {
     for offset in run.schedule.send_times() {
         let due = start + offset;
         tokio::time::sleep_until(due).await;
-        let slot = Arc::clone(&slots).acquire_owned().await.expect("semaphore is never closed");
+        let slot = Arc::clone(&slots)
+            .acquire_owned()
+            .await
+            .expect("semaphore is never closed");
         let request = client.post(&url).json(&run.workload.purchase(&mut rng));
         stats.sent();
         let stats = Arc::clone(&stats);
@@ -98,7 +107,11 @@ pub async fn run(run: Run) -> anyhow::Result<Report> {
     Ok(stats.report(elapsed, final_lag))
 }
 
-fn spawn_progress(stats: Arc<Stats>, lag: Arc<Mutex<Option<LagSnapshot>>>, total: Duration) -> ProgressBar {
+fn spawn_progress(
+    stats: Arc<Stats>,
+    lag: Arc<Mutex<Option<LagSnapshot>>>,
+    total: Duration,
+) -> ProgressBar {
     let bar = ProgressBar::new(total.as_secs().max(1));
     bar.set_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len}s {msg}")
@@ -118,7 +131,9 @@ fn spawn_progress(stats: Arc<Stats>, lag: Arc<Mutex<Option<LagSnapshot>>>, total
             let (sent, accepted, failed, p99) = stats.tick();
             let rate = (sent - last_sent) as f64 / interval.as_secs_f64();
             last_sent = sent;
-            let p99 = p99.map(|d| format!("{:.1}ms", d.as_secs_f64() * 1000.0)).unwrap_or_else(|| "-".into());
+            let p99 = p99
+                .map(|d| format!("{:.1}ms", d.as_secs_f64() * 1000.0))
+                .unwrap_or_else(|| "-".into());
             let lag = lag
                 .lock()
                 .expect("lag lock")
@@ -126,7 +141,9 @@ fn spawn_progress(stats: Arc<Stats>, lag: Arc<Mutex<Option<LagSnapshot>>>, total
                 .map(|l| format!("  {}", l.summary()))
                 .unwrap_or_default();
             handle.set_position(started.elapsed().as_secs());
-            handle.set_message(format!("{rate:.0}/s  ok {accepted}  errors {failed}  p99 {p99}{lag}"));
+            handle.set_message(format!(
+                "{rate:.0}/s  ok {accepted}  errors {failed}  p99 {p99}{lag}"
+            ));
         }
     });
     bar

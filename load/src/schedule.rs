@@ -22,13 +22,19 @@ impl Schedule {
     pub fn constant(rate: f64, duration: Duration) -> Self {
         Self {
             start_rate: rate,
-            stages: vec![Stage { duration, target: rate }],
+            stages: vec![Stage {
+                duration,
+                target: rate,
+            }],
         }
     }
 
     /// Ramps from 0 through `stages`.
     pub fn ramp(stages: Vec<Stage>) -> Self {
-        Self { start_rate: 0.0, stages }
+        Self {
+            start_rate: 0.0,
+            stages,
+        }
     }
 
     /// Parses `30s:100,60s:2000,30s:0`: over 30 s ramp to 100/s, then to 2000/s over 60 s,
@@ -121,7 +127,8 @@ impl Iterator for SendTimes<'_> {
                 let t = if slope.abs() < 1e-12 {
                     need / self.from
                 } else {
-                    (-self.from + (self.from * self.from + 2.0 * slope * need).max(0.0).sqrt()) / slope
+                    (-self.from + (self.from * self.from + 2.0 * slope * need).max(0.0).sqrt())
+                        / slope
                 };
                 self.next += 1.0;
                 return Some(Duration::from_secs_f64(self.stage_start + t.clamp(0.0, d)));
@@ -140,11 +147,16 @@ mod tests {
 
     #[test]
     fn constant_rate_sends_evenly() {
-        let times: Vec<Duration> = Schedule::constant(100.0, Duration::from_secs(2)).send_times().collect();
+        let times: Vec<Duration> = Schedule::constant(100.0, Duration::from_secs(2))
+            .send_times()
+            .collect();
         assert_eq!(times.len(), 200);
         assert!((times[0].as_secs_f64() - 0.01).abs() < 1e-9);
         assert!((times[199].as_secs_f64() - 2.0).abs() < 1e-9);
-        let gaps: Vec<f64> = times.windows(2).map(|w| (w[1] - w[0]).as_secs_f64()).collect();
+        let gaps: Vec<f64> = times
+            .windows(2)
+            .map(|w| (w[1] - w[0]).as_secs_f64())
+            .collect();
         assert!(gaps.iter().all(|g| (g - 0.01).abs() < 1e-6));
     }
 
@@ -165,10 +177,20 @@ mod tests {
 
     #[test]
     fn bad_stages_say_what_to_fix() {
-        assert!(Schedule::parse_stages("30s").unwrap_err().contains("DURATION:RATE"));
-        assert!(Schedule::parse_stages("30s:fast").unwrap_err().contains("not a number"));
-        assert!(Schedule::parse_stages("thirty:5").unwrap_err().contains("examples"));
-        assert!(Schedule::parse_stages("0s:5").unwrap_err().contains("longer than 0"));
-        assert!(Schedule::parse_stages("1s:-4").unwrap_err().contains("0 or more"));
+        assert!(Schedule::parse_stages("30s")
+            .unwrap_err()
+            .contains("DURATION:RATE"));
+        assert!(Schedule::parse_stages("30s:fast")
+            .unwrap_err()
+            .contains("not a number"));
+        assert!(Schedule::parse_stages("thirty:5")
+            .unwrap_err()
+            .contains("examples"));
+        assert!(Schedule::parse_stages("0s:5")
+            .unwrap_err()
+            .contains("longer than 0"));
+        assert!(Schedule::parse_stages("1s:-4")
+            .unwrap_err()
+            .contains("0 or more"));
     }
 }

@@ -22,7 +22,9 @@ impl Workload {
 
     pub fn purchase<R: Rng>(&self, rng: &mut R) -> Value {
         let user = self.users.sample(rng) as u64;
-        let cents = (self.prices.sample(rng) * 100.0).round().clamp(50.0, 500_000.0) as i64;
+        let cents = (self.prices.sample(rng) * 100.0)
+            .round()
+            .clamp(50.0, 500_000.0) as i64;
         json!({
             "username": format!("shopper {user}"),
             "userId": format!("user-{user}"),
@@ -48,10 +50,16 @@ mod tests {
             let body = workload.purchase(&mut rng);
             purchase::NewPurchase::from_json(&body, purchase::validation::UserIdField::Current)
                 .expect("the gateway accepts every generated purchase");
-            *per_user.entry(body["userId"].as_str().unwrap().to_string()).or_default() += 1;
+            *per_user
+                .entry(body["userId"].as_str().unwrap().to_string())
+                .or_default() += 1;
         }
         let top = per_user["user-1"];
         assert!(top > 1000, "the most active user buys a lot ({top})");
-        assert!(per_user.len() > 300, "and there is a long tail ({} users)", per_user.len());
+        assert!(
+            per_user.len() > 300,
+            "and there is a long tail ({} users)",
+            per_user.len()
+        );
     }
 }
