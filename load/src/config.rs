@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use purchase::config::parse_duration;
+pub use purchase::config::ResetPolicy;
 
 use crate::schedule::Schedule;
 
@@ -83,12 +84,6 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub lag: LagArgs,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ResetPolicy {
-    Earliest,
-    Latest,
 }
 
 #[derive(Debug, Clone, Args)]

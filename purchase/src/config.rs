@@ -78,6 +78,16 @@ pub struct MongoArgs {
     pub timeout: Duration,
 }
 
+/// Where a consumer starts on a partition its group never committed; KEDA's trigger names the
+/// same choice `offsetResetPolicy`, and worker and KEDA must agree on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ResetPolicy {
+    /// Start from the oldest record still in the partition (nothing accepted is skipped).
+    Earliest,
+    /// Start after the newest record.
+    Latest,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     /// Human-readable lines.

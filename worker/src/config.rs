@@ -2,8 +2,9 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use kafka_group::OffsetReset;
+pub use purchase::config::ResetPolicy;
 use purchase::config::{parse_duration, KafkaArgs, MongoArgs, TelemetryArgs};
 
 #[derive(Debug, Clone, Parser)]
@@ -43,20 +44,11 @@ pub struct WorkerConfig {
     pub shutdown_grace: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ResetPolicy {
-    /// Start from the oldest record still in the partition (nothing accepted is skipped).
-    Earliest,
-    /// Start after the newest record.
-    Latest,
-}
-
-impl From<ResetPolicy> for OffsetReset {
-    fn from(policy: ResetPolicy) -> Self {
-        match policy {
-            ResetPolicy::Earliest => OffsetReset::Earliest,
-            ResetPolicy::Latest => OffsetReset::Latest,
-        }
+/// The group client's name for the reset policy.
+pub fn offset_reset(policy: ResetPolicy) -> OffsetReset {
+    match policy {
+        ResetPolicy::Earliest => OffsetReset::Earliest,
+        ResetPolicy::Latest => OffsetReset::Latest,
     }
 }
 

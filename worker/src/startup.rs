@@ -137,7 +137,7 @@ impl Worker {
             Arc::clone(&member),
             config.group.group_id.clone(),
             config.kafka.topic.clone(),
-            config.group.offset_reset.into(),
+            crate::config::offset_reset(config.group.offset_reset),
             Arc::clone(&metrics),
         ));
         let mut fetchers = Fetchers {
