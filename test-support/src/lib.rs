@@ -106,3 +106,11 @@ pub fn run_python(script: &str, args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&output.stdout)
         .unwrap_or_else(|e| panic!("{script} printed no JSON: {e}"))
 }
+
+/// One broker and one database shared by the tests of a test binary; each test isolates
+/// itself with its own topic, group and database names. The watchdog stops both when the
+/// test process exits.
+pub fn shared_servers() -> &'static (InfraServer, InfraServer) {
+    static SERVERS: std::sync::OnceLock<(InfraServer, InfraServer)> = std::sync::OnceLock::new();
+    SERVERS.get_or_init(|| (InfraServer::start("kafka"), InfraServer::start("mongo")))
+}

@@ -1,22 +1,15 @@
 //! Test harness: real servers started through the project's scripts, and `spawn_app()`
 //! which runs the gateway in-process on a free port with its own topic and database.
 
-use std::{sync::OnceLock, time::Duration};
+use std::time::Duration;
 
 use clap::Parser;
 use gateway::{config::Cli, startup::Application};
 use purchase::{PurchaseDocument, PurchaseEvent};
 use serde_json::Value;
 use test_support::run_python;
-pub use test_support::{python, InfraServer};
+pub use test_support::{python, shared_servers, InfraServer};
 use tokio_util::sync::CancellationToken;
-
-/// One broker and one database shared by the tests of this process; each test isolates
-/// itself with its own topic and database names.
-pub fn shared_servers() -> &'static (InfraServer, InfraServer) {
-    static SERVERS: OnceLock<(InfraServer, InfraServer)> = OnceLock::new();
-    SERVERS.get_or_init(|| (InfraServer::start("kafka"), InfraServer::start("mongo")))
-}
 
 pub struct TestApp {
     pub address: String,

@@ -3,22 +3,14 @@
 
 use std::{
     process::Command,
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        OnceLock,
-    },
+    sync::atomic::{AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
 use clap::Parser;
 use serde_json::Value;
-use test_support::InfraServer;
+use test_support::shared_servers;
 use tokio_util::sync::CancellationToken;
-
-fn servers() -> &'static (InfraServer, InfraServer) {
-    static SERVERS: OnceLock<(InfraServer, InfraServer)> = OnceLock::new();
-    SERVERS.get_or_init(|| (InfraServer::start("kafka"), InfraServer::start("mongo")))
-}
 
 struct Stack {
     gateway: String,
@@ -27,7 +19,7 @@ struct Stack {
 }
 
 async fn gateway() -> Stack {
-    let (kafka, mongo) = servers();
+    let (kafka, mongo) = shared_servers();
     let id = uuid::Uuid::new_v4().simple().to_string();
     let topic = format!("purchases-{id}");
     let database = format!("shop_{id}");
@@ -175,7 +167,7 @@ async fn a_stalled_server_shows_in_p99() {
 #[tokio::test]
 async fn lag_equals_accepted_while_workers_are_stopped_and_drains_once_they_start() {
     let stack = gateway().await;
-    let (kafka, mongo) = servers();
+    let (kafka, mongo) = shared_servers();
     let group = format!("workers-{}", uuid::Uuid::new_v4().simple());
     let report = load(&[
         "--target",

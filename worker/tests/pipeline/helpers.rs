@@ -1,7 +1,6 @@
 use std::{
     collections::BTreeSet,
     process::{Child, Command, Stdio},
-    sync::OnceLock,
     time::{Duration, Instant},
 };
 
@@ -9,15 +8,11 @@ use clap::Parser;
 use gateway::{config::Cli, startup::Application};
 use mongodb::bson::{doc, Document};
 use serde_json::{json, Value};
-use test_support::{run_python, InfraServer};
+use test_support::run_python;
+pub use test_support::shared_servers;
 use tokio_util::sync::CancellationToken;
 
 pub const PARTITIONS: i32 = 6;
-
-pub fn shared_servers() -> &'static (InfraServer, InfraServer) {
-    static SERVERS: OnceLock<(InfraServer, InfraServer)> = OnceLock::new();
-    SERVERS.get_or_init(|| (InfraServer::start("kafka"), InfraServer::start("mongo")))
-}
 
 fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
