@@ -4,7 +4,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use purchase::PurchaseEvent;
+use purchase::{PurchaseDocument, PurchaseEvent};
 use rskafka::client::{
     error::{Error as KafkaError, ProtocolError},
     partition::{OffsetAt, PartitionClient},
@@ -105,7 +105,9 @@ pub async fn fetch_partition(
 fn decode(partition: i32, fetched: rskafka::record::RecordAndOffset) -> Fetched {
     let value = fetched.record.value.unwrap_or_default();
     match PurchaseEvent::from_json(&value) {
-        Ok(event) => Fetched::Event(event),
+        // The document is built here, in the partition's task, to keep the single sink free
+        // for writing.
+        Ok(event) => Fetched::Document(PurchaseDocument::from_event(&event)),
         Err(e) => Fetched::Poison {
             partition,
             offset: fetched.offset,

@@ -16,8 +16,10 @@ use mongodb::{
     error::{ErrorKind, WriteFailure},
     Collection,
 };
-use purchase::{PurchaseDocument, PurchaseEvent};
-use tokio::sync::{mpsc, oneshot};
+use tokio::{
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::{dlq::DeadLetters, metrics::Metrics};
@@ -26,7 +28,8 @@ use crate::{dlq::DeadLetters, metrics::Metrics};
 const DUPLICATE_KEY: i32 = 11000;
 
 pub enum Fetched {
-    Event(PurchaseEvent),
+    /// A valid purchase, as the document to store.
+    Document(Document),
     Poison {
         partition: i32,
         offset: i64,
@@ -74,12 +77,13 @@ impl Sink {
     /// Runs until every sender is gone, writing what is pending before it returns.
     pub async fn run(self, mut inbox: mpsc::Receiver<SinkMessage>) {
         let mut pending = Pending::default();
+        let mut committing = None;
         loop {
             let deadline = pending.since.map(|since| since + self.max_age);
             let message = tokio::select! {
                 message = inbox.recv() => message,
                 () = sleep_until(deadline), if deadline.is_some() => {
-                    self.flush(&mut pending).await;
+                    self.flush(&mut pending, &mut committing).await;
                     continue;
                 }
             };
@@ -87,22 +91,26 @@ impl Sink {
                 Some(SinkMessage::Records(batch)) => {
                     pending.add(batch);
                     if pending.documents.len() + pending.poison.len() >= self.max_documents {
-                        self.flush(&mut pending).await;
+                        self.flush(&mut pending, &mut committing).await;
                     }
                 }
                 Some(SinkMessage::Flush(done)) => {
-                    self.flush(&mut pending).await;
+                    self.flush(&mut pending, &mut committing).await;
+                    finish_commit(&mut committing).await;
                     let _ = done.send(());
                 }
                 None => {
-                    self.flush(&mut pending).await;
+                    self.flush(&mut pending, &mut committing).await;
+                    finish_commit(&mut committing).await;
                     return;
                 }
             }
         }
     }
 
-    async fn flush(&self, pending: &mut Pending) {
+    /// Writes the batch, then commits its offsets. The commit runs while the next batch is
+    /// written; commits still reach the broker in order, as each waits for the one before.
+    async fn flush(&self, pending: &mut Pending, committing: &mut Option<JoinHandle<()>>) {
         let batch = std::mem::take(pending);
         if batch.offsets.is_empty() {
             return;
@@ -115,12 +123,17 @@ impl Sink {
             .into_iter()
             .map(|(p, o)| (TopicPartition::new(&self.topic, p), o))
             .collect();
-        if let Err(e) = self.member.commit(&offsets).await {
-            // The records are stored; the next owner reads them again from the last commit
-            // and finds them as duplicates.
-            self.metrics.commit_errors.inc();
-            tracing::warn!(error = %e, "offset commit refused; records will be redelivered");
-        }
+        finish_commit(committing).await;
+        let member = Arc::clone(&self.member);
+        let metrics = Arc::clone(&self.metrics);
+        *committing = Some(tokio::spawn(async move {
+            if let Err(e) = member.commit(&offsets).await {
+                // The records are stored; the next owner reads them again from the last
+                // commit and finds them as duplicates.
+                metrics.commit_errors.inc();
+                tracing::warn!(error = %e, "offset commit refused; records will be redelivered");
+            }
+        }));
     }
 
     /// Writes until MongoDB acknowledges (or the grace period is over: `false`).
@@ -188,7 +201,7 @@ impl Pending {
         self.offsets.insert(batch.partition, batch.next_offset);
         for record in batch.records {
             match record {
-                Fetched::Event(event) => self.documents.push(PurchaseDocument::from_event(&event)),
+                Fetched::Document(document) => self.documents.push(document),
                 poison @ Fetched::Poison { .. } => self.poison.push(poison),
             }
         }
@@ -217,6 +230,12 @@ fn classify(
                 None => Err(error),
             }
         }
+    }
+}
+
+async fn finish_commit(committing: &mut Option<JoinHandle<()>>) {
+    if let Some(commit) = committing.take() {
+        let _ = commit.await;
     }
 }
 
