@@ -100,7 +100,7 @@ mod tests {
     #[test]
     fn defaults_need_no_flags() {
         let cli = Cli::try_parse_from(["gateway"]).unwrap();
-        assert_eq!(cli.config.kafka.topic, "purchases");
+        assert_eq!(cli.config.kafka.events.topic, "purchases");
         assert_eq!(cli.config.kafka.topic_partitions, 12);
         assert_eq!(
             cli.config.produce.timeout,

@@ -32,22 +32,32 @@ pub struct Application {
 impl Application {
     pub async fn build(config: GatewayConfig) -> anyhow::Result<Self> {
         let metrics = Arc::new(Metrics::new());
-        let brokers = config.kafka.brokers.join(",");
+        let brokers = config.kafka.events.brokers.join(",");
         let kafka = kafka::connect(&config.kafka)
             .await
             .with_context(|| format!("cannot reach Kafka at {brokers}"))?;
         let partitions = kafka::ensure_topic(&kafka, &config.kafka)
             .await
-            .with_context(|| format!("cannot create or describe topic {}", config.kafka.topic))?;
+            .with_context(|| {
+                format!(
+                    "cannot create or describe topic {}",
+                    config.kafka.events.topic
+                )
+            })?;
         let producer = PurchaseProducer::start(
             &kafka,
-            &config.kafka.topic,
+            &config.kafka.events.topic,
             partitions,
             config.produce.clone(),
             Arc::clone(&metrics),
         )
         .await
-        .with_context(|| format!("cannot reach the leaders of topic {}", config.kafka.topic))?;
+        .with_context(|| {
+            format!(
+                "cannot reach the leaders of topic {}",
+                config.kafka.events.topic
+            )
+        })?;
 
         let db = mongo::connect(&config.mongo, "gateway")
             .await
@@ -58,7 +68,7 @@ impl Application {
             .into_acceptor()
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
-        tracing::info!(listen = %config.listen, topic = %config.kafka.topic, partitions, "gateway ready");
+        tracing::info!(listen = %config.listen, topic = %config.kafka.events.topic, partitions, "gateway ready");
 
         let state = Arc::new(AppState {
             producer,

@@ -24,6 +24,7 @@ use crate::{
 /// Where a member without a committed offset starts, and how lag is counted for it. The
 /// same choice as KEDA's `offsetResetPolicy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum OffsetReset {
     /// Start at the oldest record still in the partition.
     #[default]

@@ -3,8 +3,7 @@
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use purchase::config::parse_duration;
-pub use purchase::config::ResetPolicy;
+use purchase::config::{parse_duration, ConsumerGroupArgs, EventTopicArgs};
 
 use crate::schedule::Schedule;
 
@@ -86,41 +85,19 @@ pub struct RunArgs {
     pub lag: LagArgs,
 }
 
+/// What the lag watch reads: the same flags and env vars the worker takes, so one ConfigMap
+/// serves both.
 #[derive(Debug, Clone, Args)]
 pub struct LagArgs {
-    /// Kafka bootstrap brokers.
-    #[arg(
-        id = "kafka-brokers",
-        long = "kafka-brokers",
-        env = "KAFKA_BROKERS",
-        default_value = "127.0.0.1:9092",
-        value_delimiter = ','
-    )]
-    pub brokers: Vec<String>,
+    #[command(flatten)]
+    pub events: EventTopicArgs,
 
-    #[arg(
-        id = "kafka-topic",
-        long = "kafka-topic",
-        env = "KAFKA_TOPIC",
-        default_value = "purchases"
-    )]
-    pub topic: String,
-
-    #[arg(
-        id = "kafka-group-id",
-        long = "kafka-group-id",
-        env = "KAFKA_GROUP_ID",
-        default_value = "purchase-workers"
-    )]
-    pub group: String,
+    #[command(flatten)]
+    pub group: ConsumerGroupArgs,
 
     /// The ScaledObject's lagThreshold: target lag per worker.
     #[arg(long, env = "LOAD_LAG_THRESHOLD", default_value_t = 5000, value_parser = clap::value_parser!(i64).range(1..))]
     pub lag_threshold: i64,
-
-    /// The ScaledObject's offsetResetPolicy (how uncommitted partitions count).
-    #[arg(long, env = "KAFKA_OFFSET_RESET", value_enum, default_value_t = ResetPolicy::Earliest)]
-    pub offset_reset: ResetPolicy,
 }
 
 impl RunArgs {

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use kafka_group::{keda_desired_replicas, GroupAdmin, OffsetReset};
+use kafka_group::{keda_desired_replicas, GroupAdmin};
 use serde::Serialize;
 
-use crate::config::{LagArgs, ResetPolicy};
+use crate::config::LagArgs;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct LagSnapshot {
@@ -37,7 +37,7 @@ impl LagReader {
     pub fn new(args: LagArgs) -> Self {
         Self {
             admin: GroupAdmin::new(
-                args.brokers.clone(),
+                args.events.brokers.clone(),
                 "scalable-shop-load",
                 Duration::from_secs(5),
             ),
@@ -46,18 +46,15 @@ impl LagReader {
     }
 
     pub async fn read(&self) -> kafka_group::Result<LagSnapshot> {
-        let reset = match self.args.offset_reset {
-            ResetPolicy::Earliest => OffsetReset::Earliest,
-            ResetPolicy::Latest => OffsetReset::Latest,
-        };
+        let (group, topic) = (&self.args.group, &self.args.events.topic);
         let lags = self
             .admin
-            .lag(&self.args.group, &self.args.topic, reset)
+            .lag(&group.group_id, topic, group.offset_reset)
             .await?;
         let total = lags.iter().map(|l| l.lag).sum();
         Ok(LagSnapshot {
-            group: self.args.group.clone(),
-            topic: self.args.topic.clone(),
+            group: group.group_id.clone(),
+            topic: topic.clone(),
             total,
             keda_replicas: keda_desired_replicas(total, self.args.lag_threshold, lags.len()),
             lag_threshold: self.args.lag_threshold,

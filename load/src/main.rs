@@ -18,7 +18,7 @@ async fn main() -> anyhow::Result<()> {
         json,
     }) = cli.command
     {
-        let brokers = lag.brokers.join(",");
+        let brokers = lag.events.brokers.join(",");
         let reader = LagReader::new(lag);
         loop {
             let snapshot = reader.read().await.map_err(|e| {

@@ -5,13 +5,16 @@
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use kafka_group::OffsetReset;
 
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 500ms, 5s, 1m)"))
 }
 
+/// Where purchase events live: the cluster and the topic. Every binary that talks to Kafka
+/// (gateway, worker, the load tool's lag watch) reads these two, under the same names.
 #[derive(Debug, Clone, Args)]
-pub struct KafkaArgs {
+pub struct EventTopicArgs {
     /// Comma-separated bootstrap brokers (host:port).
     #[arg(
         id = "kafka-brokers",
@@ -30,6 +33,31 @@ pub struct KafkaArgs {
         default_value = "purchases"
     )]
     pub topic: String,
+}
+
+/// The worker fleet's consumer group, as the worker joins it and as KEDA and the load tool
+/// measure its lag: all three must name the same group and count uncommitted partitions alike.
+#[derive(Debug, Clone, Args)]
+pub struct ConsumerGroupArgs {
+    /// Consumer group; KEDA's ScaledObject must name the same one.
+    #[arg(
+        id = "kafka-group-id",
+        long = "kafka-group-id",
+        env = "KAFKA_GROUP_ID",
+        default_value = "purchase-workers"
+    )]
+    pub group_id: String,
+
+    /// Where a partition without a committed offset starts; must match the KEDA trigger's
+    /// offsetResetPolicy so KEDA counts the same lag.
+    #[arg(id = "kafka-offset-reset", long = "kafka-offset-reset", env = "KAFKA_OFFSET_RESET", value_enum, default_value_t = OffsetReset::Earliest)]
+    pub offset_reset: OffsetReset,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct KafkaArgs {
+    #[command(flatten)]
+    pub events: EventTopicArgs,
 
     /// Partitions used when the topic has to be created. Caps the useful worker replicas.
     #[arg(id = "kafka-topic-partitions", long = "kafka-topic-partitions", env = "KAFKA_TOPIC_PARTITIONS", default_value_t = 12, value_parser = clap::value_parser!(i32).range(1..=10_000))]
@@ -76,16 +104,6 @@ pub struct MongoArgs {
     /// How long to wait for a usable MongoDB server before an operation fails.
     #[arg(id = "mongo-timeout", long = "mongo-timeout", env = "MONGO_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
-}
-
-/// Where a consumer starts on a partition its group never committed; KEDA's trigger names the
-/// same choice `offsetResetPolicy`, and worker and KEDA must agree on it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ResetPolicy {
-    /// Start from the oldest record still in the partition (nothing accepted is skipped).
-    Earliest,
-    /// Start after the newest record.
-    Latest,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -15,7 +15,7 @@ use crate::config::KafkaArgs;
 /// Builds a client whose retries give up after `retry_deadline`, so no caller can hang on a
 /// dead broker (rskafka's default retries forever).
 pub async fn connect(args: &KafkaArgs) -> Result<Client, KafkaError> {
-    ClientBuilder::new(args.brokers.clone())
+    ClientBuilder::new(args.events.brokers.clone())
         .client_id(args.client_id.as_str())
         .backoff_config(BackoffConfig {
             init_backoff: Duration::from_millis(50),
@@ -30,14 +30,14 @@ pub async fn connect(args: &KafkaArgs) -> Result<Client, KafkaError> {
 /// Creates the topic when missing and returns its real partition count (which wins over
 /// the configured one when the topic already existed).
 pub async fn ensure_topic(client: &Client, args: &KafkaArgs) -> Result<i32, KafkaError> {
-    if let Some(partitions) = partition_count(client, &args.topic).await? {
+    if let Some(partitions) = partition_count(client, &args.events.topic).await? {
         return Ok(partitions);
     }
     let timeout_ms = i32::try_from(args.retry_deadline.as_millis()).unwrap_or(i32::MAX);
     match client
         .controller_client()?
         .create_topic(
-            &args.topic,
+            &args.events.topic,
             args.topic_partitions,
             args.replication_factor,
             timeout_ms,
@@ -45,7 +45,7 @@ pub async fn ensure_topic(client: &Client, args: &KafkaArgs) -> Result<i32, Kafk
         .await
     {
         Ok(()) => {
-            tracing::info!(topic = %args.topic, partitions = args.topic_partitions, "created topic")
+            tracing::info!(topic = %args.events.topic, partitions = args.topic_partitions, "created topic")
         }
         // Another process created it between our look and our create.
         Err(KafkaError::ServerError {
@@ -54,12 +54,14 @@ pub async fn ensure_topic(client: &Client, args: &KafkaArgs) -> Result<i32, Kafk
         }) => {}
         Err(e) => return Err(e),
     }
-    partition_count(client, &args.topic).await?.ok_or_else(|| {
-        KafkaError::InvalidResponse(format!(
-            "topic {} has no partitions after creation",
-            args.topic
-        ))
-    })
+    partition_count(client, &args.events.topic)
+        .await?
+        .ok_or_else(|| {
+            KafkaError::InvalidResponse(format!(
+                "topic {} has no partitions after creation",
+                args.events.topic
+            ))
+        })
 }
 
 async fn partition_count(client: &Client, topic: &str) -> Result<Option<i32>, KafkaError> {

@@ -3,9 +3,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
-use kafka_group::OffsetReset;
-pub use purchase::config::ResetPolicy;
-use purchase::config::{parse_duration, KafkaArgs, MongoArgs, TelemetryArgs};
+use purchase::config::{parse_duration, ConsumerGroupArgs, KafkaArgs, MongoArgs, TelemetryArgs};
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -26,7 +24,10 @@ pub struct WorkerConfig {
     pub mongo: MongoArgs,
 
     #[command(flatten)]
-    pub group: GroupArgs,
+    pub group: ConsumerGroupArgs,
+
+    #[command(flatten)]
+    pub membership: MembershipArgs,
 
     #[command(flatten)]
     pub batch: BatchArgs,
@@ -44,30 +45,10 @@ pub struct WorkerConfig {
     pub shutdown_grace: Duration,
 }
 
-/// The group client's name for the reset policy.
-pub fn offset_reset(policy: ResetPolicy) -> OffsetReset {
-    match policy {
-        ResetPolicy::Earliest => OffsetReset::Earliest,
-        ResetPolicy::Latest => OffsetReset::Latest,
-    }
-}
-
+/// How this worker keeps its place in the group; the timings trade failover speed against
+/// false alarms on a busy node.
 #[derive(Debug, Clone, clap::Args)]
-pub struct GroupArgs {
-    /// Consumer group; KEDA's ScaledObject must name the same one.
-    #[arg(
-        id = "kafka-group-id",
-        long = "kafka-group-id",
-        env = "KAFKA_GROUP_ID",
-        default_value = "purchase-workers"
-    )]
-    pub group_id: String,
-
-    /// Where a partition without a committed offset starts; must match the KEDA trigger's
-    /// offsetResetPolicy so KEDA counts the same lag.
-    #[arg(id = "kafka-offset-reset", long = "kafka-offset-reset", env = "KAFKA_OFFSET_RESET", value_enum, default_value_t = ResetPolicy::Earliest)]
-    pub offset_reset: ResetPolicy,
-
+pub struct MembershipArgs {
     /// The coordinator drops a worker that has not heartbeated for this long.
     #[arg(id = "kafka-session-timeout", long = "kafka-session-timeout", env = "KAFKA_SESSION_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub session_timeout: Duration,

@@ -4,6 +4,7 @@
 
 use std::{sync::Arc, time::Duration};
 
+use kafka_group::OffsetReset;
 use purchase::{PurchaseDocument, PurchaseEvent};
 use rskafka::client::{
     error::{Error as KafkaError, ProtocolError},
@@ -13,7 +14,6 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    config::ResetPolicy,
     metrics::Metrics,
     sink::{Fetched, FetchedBatch, SinkMessage},
 };
@@ -21,14 +21,14 @@ use crate::{
 pub struct FetchSettings {
     pub max_bytes: i32,
     pub max_wait: Duration,
-    pub reset: ResetPolicy,
+    pub reset: OffsetReset,
 }
 
 /// The first offset to read when the group has none committed, per the reset policy.
-pub async fn reset_offset(client: &PartitionClient, reset: ResetPolicy) -> Result<i64, KafkaError> {
+pub async fn reset_offset(client: &PartitionClient, reset: OffsetReset) -> Result<i64, KafkaError> {
     let at = match reset {
-        ResetPolicy::Earliest => OffsetAt::Earliest,
-        ResetPolicy::Latest => OffsetAt::Latest,
+        OffsetReset::Earliest => OffsetAt::Earliest,
+        OffsetReset::Latest => OffsetAt::Latest,
     };
     client.get_offset(at).await
 }

@@ -7,7 +7,10 @@ use anyhow::Context;
 use kafka_group::{GroupConfig, GroupEvent, GroupMember, Revocation, TopicPartition};
 use mongodb::Database;
 use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
-use purchase::{config::KafkaArgs, kafka, mongo};
+use purchase::{
+    config::{EventTopicArgs, KafkaArgs},
+    kafka, mongo,
+};
 use rskafka::client::{
     partition::{PartitionClient, UnknownTopicHandling},
     Client,
@@ -43,13 +46,18 @@ pub struct Worker {
 
 impl Worker {
     pub async fn build(config: WorkerConfig) -> anyhow::Result<Self> {
-        let brokers = config.kafka.brokers.join(",");
+        let brokers = config.kafka.events.brokers.join(",");
         let kafka = kafka::connect(&config.kafka)
             .await
             .with_context(|| format!("cannot reach Kafka at {brokers}"))?;
         kafka::ensure_topic(&kafka, &config.kafka)
             .await
-            .with_context(|| format!("cannot create or describe topic {}", config.kafka.topic))?;
+            .with_context(|| {
+                format!(
+                    "cannot create or describe topic {}",
+                    config.kafka.events.topic
+                )
+            })?;
         let dead_letters = dead_letters(&kafka, &config.kafka, &config.dlq_topic).await?;
 
         let db = mongo::connect(&config.mongo, "worker")
@@ -58,14 +66,14 @@ impl Worker {
         tokio::spawn(mongo::ensure_indexes_until_done(db.clone()));
 
         let mut group = GroupConfig::new(
-            config.kafka.brokers.clone(),
+            config.kafka.events.brokers.clone(),
             config.group.group_id.clone(),
-            vec![config.kafka.topic.clone()],
+            vec![config.kafka.events.topic.clone()],
         );
         group.client_id = config.kafka.client_id.clone();
-        group.session_timeout = config.group.session_timeout;
-        group.rebalance_timeout = config.group.rebalance_timeout;
-        group.heartbeat_interval = config.group.heartbeat_interval;
+        group.session_timeout = config.membership.session_timeout;
+        group.rebalance_timeout = config.membership.rebalance_timeout;
+        group.heartbeat_interval = config.membership.heartbeat_interval;
         let (member, events) =
             GroupMember::start(group).context("invalid consumer group settings")?;
 
@@ -73,7 +81,7 @@ impl Worker {
             .into_acceptor()
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
-        tracing::info!(listen = %config.listen, group = %config.group.group_id, topic = %config.kafka.topic, "worker started");
+        tracing::info!(listen = %config.listen, group = %config.group.group_id, topic = %config.kafka.events.topic, "worker started");
         Ok(Self {
             config,
             kafka,
@@ -115,7 +123,7 @@ impl Worker {
                 purchases: mongo::purchases(&db),
                 dead_letters,
                 member: Arc::clone(&member),
-                topic: config.kafka.topic.clone(),
+                topic: config.kafka.events.topic.clone(),
                 metrics: Arc::clone(&metrics),
                 max_documents: config.batch.max_documents.max(1),
                 max_age: config.batch.max_age,
@@ -136,13 +144,13 @@ impl Worker {
         let lag_task = tokio::spawn(ops::track_lag(
             Arc::clone(&member),
             config.group.group_id.clone(),
-            config.kafka.topic.clone(),
-            crate::config::offset_reset(config.group.offset_reset),
+            config.kafka.events.topic.clone(),
+            config.group.offset_reset,
             Arc::clone(&metrics),
         ));
         let mut fetchers = Fetchers {
             kafka,
-            topic: config.kafka.topic.clone(),
+            topic: config.kafka.events.topic.clone(),
             member: Arc::clone(&member),
             settings: Arc::new(FetchSettings {
                 max_bytes: config.batch.fetch_max_bytes,
@@ -338,7 +346,10 @@ async fn dead_letters(
     dlq_topic: &str,
 ) -> anyhow::Result<DeadLetters> {
     let dlq_args = KafkaArgs {
-        topic: dlq_topic.to_string(),
+        events: EventTopicArgs {
+            topic: dlq_topic.to_string(),
+            ..args.events.clone()
+        },
         topic_partitions: 1,
         ..args.clone()
     };
@@ -354,5 +365,5 @@ async fn dead_letters(
                 .with_context(|| format!("cannot reach dead-letter partition {partition}"))?,
         ));
     }
-    Ok(DeadLetters::new(clients, args.topic.clone()))
+    Ok(DeadLetters::new(clients, args.events.topic.clone()))
 }
