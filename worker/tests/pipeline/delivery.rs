@@ -24,18 +24,9 @@ async fn purchases_posted_to_the_gateway_appear_in_the_history_api() {
         ids.push(body["eventId"].as_str().unwrap().to_string());
     }
 
-    let history_url = format!("{}/api/users/u-e2e/purchases", pipeline.gateway);
     let started = Instant::now();
     let page = loop {
-        let page: Value = pipeline
-            .client
-            .get(&history_url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page = pipeline.gateway_json("/api/users/u-e2e/purchases").await;
         if page["purchases"].as_array().map(Vec::len) == Some(3) {
             break page;
         }
@@ -61,15 +52,9 @@ async fn purchases_posted_to_the_gateway_appear_in_the_history_api() {
         "money reads back exactly as sent"
     );
     assert!(items.iter().all(|p| p["username"] == "Zoë"));
-    let one: Value = pipeline
-        .client
-        .get(format!("{}/api/purchases/{}", pipeline.gateway, ids[0]))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let one = pipeline
+        .gateway_json(&format!("/api/purchases/{}", ids[0]))
+        .await;
     assert_eq!(one["price"], json!(19.99));
     pipeline.stop();
 }

@@ -128,6 +128,18 @@ impl Pipeline {
         accepted.into_iter().collect()
     }
 
+    /// GET `path` on the gateway and parse its JSON body (whatever the status).
+    pub async fn gateway_json(&self, path: &str) -> Value {
+        self.client
+            .get(format!("{}{path}", self.gateway))
+            .send()
+            .await
+            .expect("gateway answers")
+            .json()
+            .await
+            .expect("JSON")
+    }
+
     pub async fn collection(&self) -> mongodb::Collection<Document> {
         mongodb::Client::with_uri_str(&self.mongo)
             .await
