@@ -76,6 +76,11 @@ pub struct ProduceArgs {
     #[arg(id = "produce-batch-max-bytes", long = "produce-batch-max-bytes", env = "GATEWAY_PRODUCE_BATCH_MAX_BYTES", default_value_t = 512 * 1024)]
     pub batch_max_bytes: usize,
 
+    /// How long an `Idempotency-Key` is remembered: a retry within this time gets the first
+    /// attempt's eventId and cannot buy twice.
+    #[arg(id = "idempotency-key-retention", long = "idempotency-key-retention", env = "GATEWAY_IDEMPOTENCY_KEY_RETENTION", default_value = "24h", value_parser = parse_duration)]
+    pub idempotency_key_retention: Duration,
+
     /// Seconds sent in `Retry-After` with a 503.
     #[arg(
         id = "retry-after-seconds",
@@ -84,6 +89,17 @@ pub struct ProduceArgs {
         default_value_t = 2
     )]
     pub retry_after_seconds: u32,
+}
+
+impl GatewayConfig {
+    /// The Kafka settings the gateway connects with. Its client's retries must end before
+    /// the produce timeout: a record retried after its caller was answered would be stored
+    /// behind the caller's back. So the retry deadline is at most half the produce timeout.
+    pub fn kafka_for_producing(&self) -> KafkaArgs {
+        let mut kafka = self.kafka.clone();
+        kafka.retry_deadline = kafka.retry_deadline.min(self.produce.timeout / 2);
+        kafka
+    }
 }
 
 #[cfg(test)]
@@ -105,6 +121,30 @@ mod tests {
         assert_eq!(
             cli.config.produce.timeout,
             std::time::Duration::from_secs(5)
+        );
+    }
+
+    #[test]
+    fn kafka_retries_end_before_the_produce_timeout() {
+        let cli = Cli::try_parse_from([
+            "gateway",
+            "--produce-timeout=5s",
+            "--kafka-retry-deadline=10s",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.config.kafka_for_producing().retry_deadline,
+            std::time::Duration::from_millis(2500)
+        );
+        let cli = Cli::try_parse_from([
+            "gateway",
+            "--produce-timeout=5s",
+            "--kafka-retry-deadline=1s",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.config.kafka_for_producing().retry_deadline,
+            std::time::Duration::from_secs(1)
         );
     }
 }

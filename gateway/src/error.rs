@@ -3,6 +3,9 @@
 use poem::{http::header, IntoResponse, Response};
 use poem_openapi::{payload::Json, ApiResponse, Object};
 use purchase::ValidationError;
+use uuid::Uuid;
+
+use crate::{api::model::location_of, idempotency::IDEMPOTENCY_KEY_HEADER};
 
 /// The body of every error response.
 #[derive(Debug, Clone, Object, serde::Serialize)]
@@ -15,6 +18,11 @@ pub struct ErrorBody {
     #[oai(skip_serializing_if_is_none)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// The purchase concerned, when its outcome is unknown: look it up at
+    /// `/api/purchases/{eventId}`, or retry with the same `Idempotency-Key`.
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(rename = "eventId", skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<Uuid>,
 }
 
 impl ErrorBody {
@@ -23,6 +31,7 @@ impl ErrorBody {
             error: error.to_string(),
             message: message.into(),
             field: None,
+            event_id: None,
         }
     }
 }
@@ -38,8 +47,13 @@ pub enum ApiError {
     /// The body is larger than the configured limit.
     #[oai(status = 413)]
     PayloadTooLarge(Json<ErrorBody>),
-    /// Kafka or MongoDB did not answer in time; nothing was accepted. Retry after the
-    /// given number of seconds.
+    /// The `Idempotency-Key` was already used by this user for a different purchase.
+    #[oai(status = 422)]
+    Unprocessable(Json<ErrorBody>),
+    /// Kafka or MongoDB did not answer in time. `error` says whether the purchase was not
+    /// stored (`kafka_unavailable`, `mongodb_unavailable`: retry after the given number of
+    /// seconds) or may have been (`kafka_outcome_unknown`, with `eventId`: retry only with
+    /// the same `Idempotency-Key`).
     #[oai(status = 503)]
     Unavailable(Json<ErrorBody>, #[oai(header = "Retry-After")] u32),
 }
@@ -55,6 +69,7 @@ impl ApiError {
             error: code.to_string(),
             message: error.to_string(),
             field: error.field,
+            event_id: None,
         }))
     }
 
@@ -89,6 +104,36 @@ impl ApiError {
             )),
             retry_after,
         )
+    }
+
+    /// The broker may have the purchase although it never confirmed it. Saying "not
+    /// stored" here would invite a retry that buys twice.
+    pub fn outcome_unknown(
+        event_id: Uuid,
+        message: impl std::fmt::Display,
+        retry_after: u32,
+    ) -> Self {
+        let mut body = ErrorBody::new(
+            "kafka_outcome_unknown",
+            format!(
+                "{message}; purchase {event_id} may or may not be stored. Retry with the same \
+                 Idempotency-Key header to be safe (a retry without one may buy twice), or look \
+                 it up at {} later",
+                location_of(event_id)
+            ),
+        );
+        body.event_id = Some(event_id);
+        Self::Unavailable(Json(body), retry_after)
+    }
+
+    pub fn idempotency_key_reused() -> Self {
+        let mut body = ErrorBody::new(
+            "idempotency_key_reused",
+            "this Idempotency-Key was already used by this user for a different purchase; \
+             use a new key for a new purchase",
+        );
+        body.field = Some(IDEMPOTENCY_KEY_HEADER.to_string());
+        Self::Unprocessable(Json(body))
     }
 }
 

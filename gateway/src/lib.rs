@@ -5,6 +5,7 @@ pub mod api;
 pub mod config;
 pub mod error;
 pub mod history;
+pub mod idempotency;
 pub mod metrics;
 pub mod payload;
 pub mod producer;

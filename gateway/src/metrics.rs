@@ -18,6 +18,8 @@ pub struct Metrics {
     pub produce_duration: Histogram,
     pub produce_batch_records: Histogram,
     pub produce_errors: IntCounter,
+    pub purchases_unconfirmed: IntCounter,
+    pub idempotent_replays: IntCounter,
 }
 
 impl Metrics {
@@ -59,6 +61,16 @@ impl Metrics {
                 &registry,
                 "gateway_kafka_produce_errors_total",
                 "Produce requests that failed after rskafka's retries",
+            ),
+            purchases_unconfirmed: metrics::counter(
+                &registry,
+                "gateway_purchases_unconfirmed_total",
+                "Purchases sent to the broker but not acknowledged in time (outcome unknown)",
+            ),
+            idempotent_replays: metrics::counter(
+                &registry,
+                "gateway_idempotent_replays_total",
+                "Purchases retried with a known Idempotency-Key, answered with the first eventId",
             ),
             registry,
         }

@@ -3,13 +3,27 @@
 //! rides in the next one. Under load, batches grow with concurrency (many requests share one
 //! round trip); when idle, a purchase is sent at once with no linger delay. rskafka's own
 //! `BatchProducer` batches only by a fixed linger time, which costs latency at low load.
+//!
+//! Every answer is true. A purchase is "not stored" only if it provably never left the
+//! gateway: a `Claim` decides between the sender taking it into a produce call and its caller
+//! giving up, and after a failed call nothing is sent until the broker answers a probe. A
+//! purchase that was handed to the broker without an acknowledgement is `Unconfirmed`: the
+//! client learns its eventId and retries safely with its `Idempotency-Key`. The Kafka
+//! client's retries end before the produce timeout (`GatewayConfig::kafka_for_producing`),
+//! so a record is not retried into the topic long after its caller was answered.
 
-use std::{collections::BTreeMap, sync::Arc, time::Instant};
+use std::{
+    sync::{
+        atomic::{AtomicU8, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
 
-use purchase::{partitioner::partition_for_key, PurchaseEvent, SCHEMA_VERSION};
+use purchase::PurchaseEvent;
 use rskafka::{
     client::{
-        partition::{Compression, PartitionClient, UnknownTopicHandling},
+        partition::{Compression, OffsetAt, PartitionClient, UnknownTopicHandling},
         Client,
     },
     record::Record,
@@ -29,20 +43,60 @@ pub struct Delivery {
     pub offset: i64,
 }
 
+/// Why a purchase got no acknowledgement. The variants split on the one thing a client must
+/// know: whether the purchase may still be stored.
 #[derive(Debug, thiserror::Error)]
 pub enum ProduceError {
-    #[error("the broker did not acknowledge the purchase within {0:?}")]
-    Timeout(std::time::Duration),
     #[error("too many purchases are waiting for the broker")]
     QueueFull,
-    #[error("the broker rejected or could not take the purchase: {0}")]
-    Broker(String),
+    #[error("the broker could not take the purchase within {0:?}")]
+    NotSent(Duration),
     #[error("the gateway is shutting down")]
     Closed,
+    /// The record was handed to the Kafka client, and no acknowledgement came back: the
+    /// broker may have written it.
+    #[error("the broker did not confirm the purchase: {0}")]
+    Unconfirmed(String),
+}
+
+impl ProduceError {
+    /// True when the purchase may be stored although it was not acknowledged.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, Self::Unconfirmed(_))
+    }
+}
+
+/// Who decides the fate of a queued purchase: the sender taking it into a produce call, or
+/// the caller giving up on it. Exactly one of them wins, so a caller that answers "not
+/// stored" knows the record never left the gateway.
+#[derive(Clone, Default)]
+struct Claim(Arc<AtomicU8>);
+
+impl Claim {
+    const QUEUED: u8 = 0;
+    const SENT: u8 = 1;
+    const ABANDONED: u8 = 2;
+
+    fn transition(&self, to: u8) -> bool {
+        self.0
+            .compare_exchange(Self::QUEUED, to, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// The sender takes the purchase; false when its caller has given up on it.
+    fn take_for_sending(&self) -> bool {
+        self.transition(Self::SENT)
+    }
+
+    /// The caller gives up; false when the purchase is already on its way to the broker.
+    fn abandon(&self) -> bool {
+        self.transition(Self::ABANDONED)
+    }
 }
 
 struct Pending {
     record: Record,
+    claim: Claim,
     acked: oneshot::Sender<Result<i64, ProduceError>>,
 }
 
@@ -78,6 +132,7 @@ impl PurchaseProducer {
                 rx,
                 closing.clone(),
                 args.batch_max_bytes,
+                args.timeout,
                 Arc::clone(&metrics),
             ));
         }
@@ -91,34 +146,33 @@ impl PurchaseProducer {
     }
 
     /// Resolves once the broker has acknowledged the event (acks=all), or fails within the
-    /// produce timeout. A failure never means the event is stored; it may still arrive late
-    /// when the broker was slow, which is why retries get a fresh eventId only from clients.
+    /// produce timeout. Only `Unconfirmed` leaves the outcome open: every other error means
+    /// the record was never handed to the broker and never will be.
     pub async fn send(&self, event: &PurchaseEvent) -> Result<Delivery, ProduceError> {
-        let key = event.user_id.as_str().as_bytes();
-        let partition = partition_for_key(key, self.queues.len() as i32);
-        let record = Record {
-            key: Some(key.to_vec()),
-            value: Some(event.to_json()),
-            headers: BTreeMap::from([
-                ("content-type".to_string(), b"application/json".to_vec()),
-                (
-                    "schema-version".to_string(),
-                    SCHEMA_VERSION.to_string().into_bytes(),
-                ),
-            ]),
-            timestamp: event.timestamp,
-        };
+        let (partition, record) = event.to_record(self.queues.len() as i32);
+        let claim = Claim::default();
         let (acked, ack) = oneshot::channel();
         self.queues[partition as usize]
-            .try_send(Pending { record, acked })
+            .try_send(Pending {
+                record,
+                claim: claim.clone(),
+                acked,
+            })
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => ProduceError::QueueFull,
                 mpsc::error::TrySendError::Closed(_) => ProduceError::Closed,
             })?;
         let offset = match tokio::time::timeout(self.args.timeout, ack).await {
             Ok(Ok(result)) => result?,
-            Ok(Err(_)) => return Err(ProduceError::Closed),
-            Err(_) => return Err(ProduceError::Timeout(self.args.timeout)),
+            // The sender is gone (the gateway is stopping) without an answer.
+            Ok(Err(_)) if claim.abandon() => return Err(ProduceError::Closed),
+            Err(_) if claim.abandon() => return Err(ProduceError::NotSent(self.args.timeout)),
+            _ => {
+                return Err(ProduceError::Unconfirmed(format!(
+                    "no acknowledgement within {:?}",
+                    self.args.timeout
+                )))
+            }
         };
         self.metrics.purchases_accepted.inc();
         Ok(Delivery { partition, offset })
@@ -138,8 +192,10 @@ async fn send_batches(
     mut queue: mpsc::Receiver<Pending>,
     closing: CancellationToken,
     batch_max_bytes: usize,
+    max_call: Duration,
     metrics: Arc<Metrics>,
 ) {
+    let mut reachable = true;
     loop {
         let next = tokio::select! {
             next = queue.recv() => next,
@@ -150,6 +206,15 @@ async fn send_batches(
             }
         };
         let Some(first) = next else { break };
+        // After a failed call the broker may be down. Until it answers again no purchase
+        // is taken into a call, so every caller that gives up meanwhile is told, truthfully,
+        // that nothing was sent. Only the batch in flight when it failed stays unknown.
+        if !reachable {
+            if !wait_until_reachable(&client, &closing).await {
+                break;
+            }
+            reachable = true;
+        }
         let mut bytes = first.record.approximate_size();
         let mut batch = vec![first];
         while bytes < batch_max_bytes {
@@ -161,9 +226,9 @@ async fn send_batches(
                 Err(_) => break,
             }
         }
-        // A caller that already answered 503 must not see its purchase stored behind its
-        // back: drop what nobody waits for any more.
-        batch.retain(|p| !p.acked.is_closed());
+        // A caller that already answered "not stored" must not see its purchase stored
+        // behind its back: only what the sender wins the claim on is sent.
+        batch.retain(|p| p.claim.take_for_sending());
         if batch.is_empty() {
             continue;
         }
@@ -171,10 +236,23 @@ async fn send_batches(
             batch.into_iter().map(|p| (p.record, p.acked)).unzip();
         metrics.produce_batch_records.observe(records.len() as f64);
         let started = Instant::now();
-        let result = client.produce(records, Compression::NoCompression).await;
+        // rskafka retries a broken connection until its deadline, which counts only the
+        // pauses between attempts; the cap also ends a call stuck on a broker that accepted
+        // the connection and never answers. Its callers have all answered by then.
+        let result = tokio::time::timeout(
+            max_call,
+            client.produce(records, Compression::NoCompression),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(rskafka::client::error::Error::InvalidResponse(format!(
+                "no answer within {max_call:?}"
+            )))
+        });
         metrics
             .produce_duration
             .observe(started.elapsed().as_secs_f64());
+        reachable = result.is_ok();
         match result {
             Ok(offsets) => {
                 for (waiter, offset) in waiters.into_iter().zip(offsets) {
@@ -186,9 +264,34 @@ async fn send_batches(
                 tracing::warn!(topic = client.topic(), partition = client.partition(), error = %e, "produce failed");
                 let reason = e.to_string();
                 for waiter in waiters {
-                    let _ = waiter.send(Err(ProduceError::Broker(reason.clone())));
+                    let _ = waiter.send(Err(ProduceError::Unconfirmed(reason.clone())));
                 }
             }
+        }
+    }
+}
+
+/// Probes the partition's leader until it answers (true), or the gateway is closing with the
+/// broker still unreachable (false: what is queued is dropped and its callers told it was
+/// not sent).
+async fn wait_until_reachable(client: &PartitionClient, closing: &CancellationToken) -> bool {
+    const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+    const PROBE_INTERVAL: Duration = Duration::from_millis(200);
+    let (topic, partition) = (client.topic(), client.partition());
+    tracing::debug!(
+        topic,
+        partition,
+        "waiting for the partition leader to answer"
+    );
+    loop {
+        let probe = tokio::time::timeout(PROBE_TIMEOUT, client.get_offset(OffsetAt::Latest));
+        if let Ok(Ok(_)) = probe.await {
+            tracing::info!(topic, partition, "partition leader answers again");
+            return true;
+        }
+        tokio::select! {
+            () = closing.cancelled() => return false,
+            () = tokio::time::sleep(PROBE_INTERVAL) => {}
         }
     }
 }

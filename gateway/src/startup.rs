@@ -17,6 +17,7 @@ use crate::{
     api,
     config::GatewayConfig,
     history::History,
+    idempotency::Reservations,
     metrics::{self, Metrics},
     payload::BodyLimit,
     producer::PurchaseProducer,
@@ -33,7 +34,7 @@ impl Application {
     pub async fn build(config: GatewayConfig) -> anyhow::Result<Self> {
         let metrics = Arc::new(Metrics::new());
         let brokers = config.kafka.events.brokers.join(",");
-        let kafka = kafka::connect(&config.kafka)
+        let kafka = kafka::connect(&config.kafka_for_producing())
             .await
             .with_context(|| format!("cannot reach Kafka at {brokers}"))?;
         let partitions = kafka::ensure_topic(&kafka, &config.kafka)
@@ -63,6 +64,14 @@ impl Application {
             .await
             .context("invalid MongoDB connection string")?;
         tokio::spawn(mongo::ensure_indexes_until_done(db.clone()));
+        let reservations = Reservations::new(&db, config.produce.idempotency_key_retention);
+        tokio::spawn({
+            let reservations = reservations.clone();
+            async move {
+                mongo::retry_until_done("idempotency key indexes", || reservations.ensure_index())
+                    .await
+            }
+        });
 
         let acceptor = TcpListener::bind(config.listen)
             .into_acceptor()
@@ -73,6 +82,7 @@ impl Application {
         let state = Arc::new(AppState {
             producer,
             history: History::new(&db),
+            reservations,
             kafka,
             db,
             metrics,

@@ -6,11 +6,14 @@ use std::{sync::Arc, time::Duration};
 use mongodb::Database;
 use rskafka::client::Client;
 
-use crate::{history::History, metrics::Metrics, producer::PurchaseProducer};
+use crate::{
+    history::History, idempotency::Reservations, metrics::Metrics, producer::PurchaseProducer,
+};
 
 pub struct AppState {
     pub producer: PurchaseProducer,
     pub history: History,
+    pub reservations: Reservations,
     pub kafka: Client,
     pub db: Database,
     pub metrics: Arc<Metrics>,

@@ -104,6 +104,62 @@ pub struct MongoArgs {
     /// How long to wait for a usable MongoDB server before an operation fails.
     #[arg(id = "mongo-timeout", long = "mongo-timeout", env = "MONGO_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
+
+    #[command(flatten)]
+    pub write_concern: WriteConcernArgs,
+}
+
+/// When MongoDB may acknowledge a write. Our writes are the ones a purchase's safety rests
+/// on (the worker commits Kafka offsets after them, the gateway produces after reserving an
+/// idempotency key), so the default waits for a majority of the replica set and the journal:
+/// an acknowledged write then survives a crash of any minority, including the primary.
+#[derive(Debug, Clone, Args)]
+pub struct WriteConcernArgs {
+    /// Write acknowledgement: `majority`, a number of members (1 = the primary alone), or a
+    /// tag set name. Overrides any `w` in the connection string.
+    #[arg(id = "mongo-write-concern", long = "mongo-write-concern", env = "MONGO_WRITE_CONCERN", default_value = "majority", value_parser = parse_acknowledgment)]
+    pub w: WriteAcknowledgment,
+
+    /// Wait until the write is in the on-disk journal (`j: true`).
+    #[arg(id = "mongo-write-journal", long = "mongo-write-journal", env = "MONGO_WRITE_JOURNAL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub journal: bool,
+
+    /// How long the server may wait for the acknowledgement before it reports a write
+    /// concern error (the write is then retried; `_id` makes the retry harmless).
+    #[arg(id = "mongo-write-timeout", long = "mongo-write-timeout", env = "MONGO_WRITE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+/// The `w` of a write concern, as typed on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteAcknowledgment {
+    Majority,
+    Members(u32),
+    Tag(String),
+}
+
+fn parse_acknowledgment(text: &str) -> Result<WriteAcknowledgment, String> {
+    match text.trim() {
+        "" => Err("must be `majority`, a number of members (1 or more) or a tag set name".into()),
+        "majority" => Ok(WriteAcknowledgment::Majority),
+        "0" => Err("0 (unacknowledged) cannot tell whether a purchase was stored; use 1 or more, or `majority`".into()),
+        digits if digits.bytes().all(|b| b.is_ascii_digit()) => digits
+            .parse()
+            .map(WriteAcknowledgment::Members)
+            .map_err(|_| format!("{digits} members is too many")),
+        tag => Ok(WriteAcknowledgment::Tag(tag.to_string())),
+    }
+}
+
+impl std::fmt::Display for WriteConcernArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.w {
+            WriteAcknowledgment::Majority => write!(f, "w: majority")?,
+            WriteAcknowledgment::Members(n) => write!(f, "w: {n}")?,
+            WriteAcknowledgment::Tag(tag) => write!(f, "w: {tag}")?,
+        }
+        write!(f, ", j: {}, wtimeout: {:?}", self.journal, self.timeout)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -129,4 +185,34 @@ pub struct TelemetryArgs {
         default_value = "info,rskafka=warn"
     )]
     pub log_filter: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_acknowledgment_accepts_majority_members_and_tags() {
+        assert_eq!(
+            parse_acknowledgment("majority"),
+            Ok(WriteAcknowledgment::Majority)
+        );
+        assert_eq!(
+            parse_acknowledgment("2"),
+            Ok(WriteAcknowledgment::Members(2))
+        );
+        assert_eq!(
+            parse_acknowledgment("eastCoast"),
+            Ok(WriteAcknowledgment::Tag("eastCoast".into()))
+        );
+    }
+
+    #[test]
+    fn write_acknowledgment_refuses_unacknowledged_and_empty() {
+        assert!(parse_acknowledgment("0")
+            .unwrap_err()
+            .contains("unacknowledged"));
+        assert!(parse_acknowledgment("").is_err());
+        assert!(parse_acknowledgment("99999999999").is_err());
+    }
 }

@@ -1,11 +1,14 @@
 //! The versioned event on the `purchases` topic: what the gateway produces and the worker
 //! consumes. Key = userId so one user's purchases keep their order within a partition.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, TimeZone, Utc};
+use rskafka::record::Record;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{money::Price, NewPurchase, UserId, Username};
+use crate::{money::Price, partitioner::partition_for_key, NewPurchase, UserId, Username};
 
 /// Bumped on any incompatible change of the value's shape; consumers reject versions they
 /// do not know instead of guessing.
@@ -41,6 +44,27 @@ impl PurchaseEvent {
     pub fn to_json(&self) -> Vec<u8> {
         // Serializing plain strings, numbers and a formatted date cannot fail.
         serde_json::to_vec(self).expect("purchase event serializes")
+    }
+
+    /// The Kafka record for this event and the partition it belongs to among `partitions`:
+    /// key = userId through Kafka's murmur2 partitioner (so any client agrees on the
+    /// partition), value = the JSON contract, timestamp = the event's own. Replaying the
+    /// same event yields the same record, which is what makes a produce retry harmless.
+    pub fn to_record(&self, partitions: i32) -> (i32, Record) {
+        let key = self.user_id.as_str().as_bytes();
+        let record = Record {
+            key: Some(key.to_vec()),
+            value: Some(self.to_json()),
+            headers: BTreeMap::from([
+                ("content-type".to_string(), b"application/json".to_vec()),
+                (
+                    "schema-version".to_string(),
+                    SCHEMA_VERSION.to_string().into_bytes(),
+                ),
+            ]),
+            timestamp: self.timestamp,
+        };
+        (partition_for_key(key, partitions), record)
     }
 
     /// Decodes a record value. Unknown extra fields are dropped (only the contract's fields

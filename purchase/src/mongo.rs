@@ -2,12 +2,12 @@
 
 use mongodb::{
     bson::{doc, Document},
-    options::{ClientOptions, IndexOptions},
+    options::{Acknowledgment, ClientOptions, IndexOptions, WriteConcern},
     Client, Collection, Database, IndexModel,
 };
 
 use crate::{
-    config::MongoArgs,
+    config::{MongoArgs, WriteAcknowledgment, WriteConcernArgs},
     document::{fields, COLLECTION},
 };
 
@@ -18,8 +18,24 @@ pub async fn connect(args: &MongoArgs, app_name: &str) -> mongodb::error::Result
     options.app_name = Some(app_name.to_string());
     options.server_selection_timeout = Some(args.timeout);
     options.connect_timeout = Some(args.timeout);
+    options.write_concern = Some(write_concern(&args.write_concern));
     let client = Client::with_options(options)?;
     Ok(client.database(&args.database))
+}
+
+/// The client-wide write concern: every write of ours (purchases, idempotency keys) is
+/// acknowledged only once it is as durable as configured.
+fn write_concern(args: &WriteConcernArgs) -> WriteConcern {
+    let w = match &args.w {
+        WriteAcknowledgment::Majority => Acknowledgment::Majority,
+        WriteAcknowledgment::Members(n) => Acknowledgment::Nodes(*n),
+        WriteAcknowledgment::Tag(tag) => Acknowledgment::Custom(tag.clone()),
+    };
+    WriteConcern::builder()
+        .w(w)
+        .journal(args.journal)
+        .w_timeout(args.timeout)
+        .build()
 }
 
 pub fn purchases(db: &Database) -> Collection<Document> {
@@ -49,18 +65,39 @@ pub async fn ping(db: &Database) -> mongodb::error::Result<()> {
     db.run_command(doc! { "ping": 1 }).await.map(|_| ())
 }
 
+/// MongoDB's duplicate key error code.
+pub const DUPLICATE_KEY: i32 = 11000;
+
+/// True when a single write failed only because its `_id` (or another unique key) exists.
+pub fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
+    matches!(
+        error.kind.as_ref(),
+        mongodb::error::ErrorKind::Write(mongodb::error::WriteFailure::WriteError(e))
+            if e.code == DUPLICATE_KEY
+    )
+}
+
 /// Creates the indexes in the background, retrying with backoff until MongoDB answers, so an
 /// unreachable database at start-up delays the indexes instead of stopping the process.
 pub async fn ensure_indexes_until_done(db: Database) {
+    retry_until_done("MongoDB indexes", || ensure_indexes(&db)).await
+}
+
+/// Runs `attempt` until it succeeds, backing off from 200 ms to 30 s between failures.
+pub async fn retry_until_done<F, Fut>(what: &str, attempt: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = mongodb::error::Result<()>>,
+{
     let mut delay = std::time::Duration::from_millis(200);
     loop {
-        match ensure_indexes(&db).await {
+        match attempt().await {
             Ok(()) => {
-                tracing::info!("MongoDB indexes are in place");
+                tracing::info!("{what} are in place");
                 return;
             }
             Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?delay, "cannot create MongoDB indexes yet");
+                tracing::warn!(error = %e, retry_in = ?delay, "cannot create {what} yet");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(std::time::Duration::from_secs(30));
             }

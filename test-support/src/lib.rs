@@ -42,6 +42,16 @@ impl InfraServer {
         infra(&["stop", path_str(self.dir.path())]);
     }
 
+    /// SIGKILL: the server gets no chance to flush or close anything, as in a crash.
+    pub fn kill(&self) {
+        let pid = std::fs::read_to_string(self.dir.path().join("pid")).expect("server pid file");
+        let status = Command::new("kill")
+            .args(["-KILL", pid.trim()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "SIGKILL {kind} {pid}", kind = self.kind);
+    }
+
     /// Starts again in the same directory: same data, same port.
     pub fn restart(&self) {
         let address = infra(&[

@@ -11,11 +11,8 @@ use std::{
 };
 
 use kafka_group::{GroupMember, TopicPartition};
-use mongodb::{
-    bson::Document,
-    error::{ErrorKind, WriteFailure},
-    Collection,
-};
+use mongodb::{bson::Document, error::ErrorKind, Collection};
+use purchase::mongo::{is_duplicate_key, DUPLICATE_KEY};
 use tokio::{
     sync::{mpsc, oneshot},
     task::JoinHandle,
@@ -23,9 +20,6 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{dlq::DeadLetters, metrics::Metrics};
-
-/// MongoDB's duplicate key error: the purchase is already stored.
-const DUPLICATE_KEY: i32 = 11000;
 
 pub enum Fetched {
     /// A valid purchase, as the document to store.
@@ -222,7 +216,7 @@ fn classify(
                     .as_ref()
                     .filter(|errors| errors.iter().all(|e| e.code == DUPLICATE_KEY))
                     .map(Vec::len),
-                ErrorKind::Write(WriteFailure::WriteError(e)) if e.code == DUPLICATE_KEY => Some(1),
+                _ if is_duplicate_key(&error) => Some(1),
                 _ => None,
             };
             match duplicates {

@@ -14,7 +14,7 @@ use purchase::Username;
 use super::{
     history::{mongo_unavailable, page_limit, parse_user_id},
     model::Purchase,
-    purchases::{accept, CreatedResponse},
+    purchases::{accept, CreatedResponse, IdempotencyKeyHeader},
     ApiTags,
 };
 use crate::{error::ApiError, history::Owner, payload::PurchaseBody, state::AppState};
@@ -34,8 +34,9 @@ impl LegacyApi {
         &self,
         state: Data<&Arc<AppState>>,
         body: PurchaseBody<true>,
+        #[oai(name = "Idempotency-Key")] idempotency_key: IdempotencyKeyHeader,
     ) -> Result<CreatedResponse, ApiError> {
-        accept(&state, body.0).await
+        accept(&state, body.0, idempotency_key).await
     }
 
     /// Take a purchase (web-server `/api/buy`)
@@ -51,8 +52,9 @@ impl LegacyApi {
         &self,
         state: Data<&Arc<AppState>>,
         body: PurchaseBody<true>,
+        #[oai(name = "Idempotency-Key")] idempotency_key: IdempotencyKeyHeader,
     ) -> Result<CreatedResponse, ApiError> {
-        accept(&state, body.0).await
+        accept(&state, body.0, idempotency_key).await
     }
 
     /// A user's purchases by userId as an array (web-server)

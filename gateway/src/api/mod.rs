@@ -3,7 +3,7 @@
 
 mod history;
 mod legacy;
-mod model;
+pub(crate) mod model;
 mod ops;
 mod purchases;
 

@@ -6,7 +6,7 @@ use poem::web::Data;
 use poem_openapi::{payload::Json, ApiResponse, OpenApi};
 use purchase::{NewPurchase, PurchaseEvent};
 
-use poem_openapi::param::Query;
+use poem_openapi::param::{Header, Query};
 
 use super::{
     history::parse_user_id,
@@ -15,7 +15,12 @@ use super::{
     ApiTags,
 };
 use crate::{
-    error::ApiError, history::Owner, payload::PurchaseBody, producer::ProduceError, state::AppState,
+    error::ApiError,
+    history::Owner,
+    idempotency::{IdempotencyKey, Reservation},
+    payload::PurchaseBody,
+    producer::ProduceError,
+    state::AppState,
 };
 
 #[derive(ApiResponse)]
@@ -31,8 +36,11 @@ pub struct PurchasesApi;
 impl PurchasesApi {
     /// Take a purchase
     ///
-    /// Answers 202 only after Kafka acknowledged the record; 503 with `Retry-After` when the
-    /// broker cannot take it in time (nothing was accepted then).
+    /// Answers 202 only after Kafka acknowledged the record. 503 with `Retry-After` when the
+    /// broker cannot take it in time: `kafka_unavailable` means nothing was stored;
+    /// `kafka_outcome_unknown` (with `eventId`) means it may have been, so retry only with
+    /// the same `Idempotency-Key`. With a key, every retry answers the first attempt's
+    /// `eventId` and at most one purchase is stored.
     #[oai(
         path = "/api/purchases",
         method = "post",
@@ -43,8 +51,9 @@ impl PurchasesApi {
         &self,
         state: Data<&Arc<AppState>>,
         body: PurchaseBody<false>,
+        #[oai(name = "Idempotency-Key")] idempotency_key: IdempotencyKeyHeader,
     ) -> Result<CreatedResponse, ApiError> {
-        accept(&state, body.0).await
+        accept(&state, body.0, idempotency_key).await
     }
 
     /// A user's purchases by userId as an array (seed api-server `?userId=`)
@@ -69,12 +78,38 @@ impl PurchasesApi {
     }
 }
 
+/// The optional `Idempotency-Key` request header of every purchase route (each handler
+/// names it with `#[oai(name = "Idempotency-Key")]`).
+pub(super) type IdempotencyKeyHeader = Header<Option<IdempotencyKey>>;
+
 /// The one write path, shared by the current route and the seed aliases.
 pub(super) async fn accept(
     state: &AppState,
     purchase: NewPurchase,
+    idempotency_key: IdempotencyKeyHeader,
 ) -> Result<CreatedResponse, ApiError> {
-    let event = PurchaseEvent::new(purchase);
+    let event = match idempotency_key.0 {
+        None => PurchaseEvent::new(purchase),
+        Some(key) => {
+            match state.reservations.reserve(&key, purchase).await {
+                Ok(Reservation::First(event)) => event,
+                Ok(Reservation::Replay(event)) => {
+                    state.metrics.idempotent_replays.inc();
+                    event
+                }
+                Ok(Reservation::Conflict) => return Err(ApiError::idempotency_key_reused()),
+                // Nothing was produced, so nothing can be stored.
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot reserve idempotency key");
+                    return Err(ApiError::unavailable(
+                        "mongodb",
+                        "cannot record the Idempotency-Key",
+                        state.retry_after_seconds,
+                    ));
+                }
+            }
+        }
+    };
     match state.producer.send(&event).await {
         Ok(delivery) => {
             tracing::debug!(event_id = %event.event_id, partition = delivery.partition, offset = delivery.offset, "purchase accepted");
@@ -86,6 +121,15 @@ pub(super) async fn accept(
                     message: "Purchase accepted".to_string(),
                 }),
                 location,
+            ))
+        }
+        Err(e) if e.outcome_unknown() => {
+            state.metrics.purchases_unconfirmed.inc();
+            tracing::warn!(event_id = %event.event_id, error = %e, "purchase outcome unknown");
+            Err(ApiError::outcome_unknown(
+                event.event_id,
+                e,
+                state.retry_after_seconds,
             ))
         }
         Err(e) => {

@@ -82,6 +82,17 @@ impl TestApp {
         self.post_json("/api/purchases", body).await
     }
 
+    /// POSTs `body` to `path` with an `Idempotency-Key` header.
+    pub async fn post_with_key(&self, path: &str, body: &Value, key: &str) -> reqwest::Response {
+        self.client
+            .post(format!("{}{path}", self.address))
+            .header("Idempotency-Key", key)
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.client
             .get(format!("{}{path}", self.address))

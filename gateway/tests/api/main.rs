@@ -6,6 +6,7 @@ mod helpers;
 mod broker_down;
 mod create_purchase;
 mod history;
+mod idempotency;
 mod legacy;
 mod operations;
 mod validation;

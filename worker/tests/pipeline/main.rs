@@ -2,7 +2,9 @@
 //! processes → MongoDB (secantusd-rs), with crashes, scale events and outages.
 
 mod helpers;
+mod steady_load;
 
+mod crashes;
 mod dead_letters;
 mod delivery;
 mod fleet;
