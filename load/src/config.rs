@@ -73,6 +73,22 @@ pub struct RunArgs {
     #[arg(long, env = "LOAD_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub timeout: Duration,
 
+    /// Send an `Idempotency-Key` (a fresh UUID per purchase) with every purchase, so that
+    /// retries cannot buy twice.
+    #[arg(long, env = "LOAD_IDEMPOTENCY_KEYS")]
+    pub idempotency_keys: bool,
+
+    /// Retry a purchase answered 503 (or not answered at all) up to this many times, after
+    /// the `Retry-After` the gateway gave (at most 5 s). Needs --idempotency-keys: a retry
+    /// without a key may buy twice when the first outcome was unknown.
+    #[arg(
+        long,
+        env = "LOAD_RETRIES",
+        default_value_t = 0,
+        requires = "idempotency_keys"
+    )]
+    pub retries: u32,
+
     /// Print the final report as JSON on stdout.
     #[arg(long)]
     pub json: bool,

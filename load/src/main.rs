@@ -44,6 +44,8 @@ async fn main() -> anyhow::Result<()> {
         schedule,
         max_in_flight: args.max_in_flight,
         timeout: args.timeout,
+        idempotency_keys: args.idempotency_keys,
+        retries: args.retries,
         workload,
         lag: args.watch_lag.then(|| LagReader::new(args.lag.clone())),
         progress: std::io::stderr().is_terminal() && !args.json,

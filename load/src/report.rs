@@ -23,6 +23,7 @@ struct Inner {
     window: Histogram<u64>,
     sent: u64,
     accepted: u64,
+    retried: u64,
     by_status: BTreeMap<u16, u64>,
     errors: BTreeMap<String, u64>,
 }
@@ -41,6 +42,7 @@ impl Stats {
                 window: histogram(),
                 sent: 0,
                 accepted: 0,
+                retried: 0,
                 by_status: BTreeMap::new(),
                 errors: BTreeMap::new(),
             }),
@@ -49,6 +51,11 @@ impl Stats {
 
     pub fn sent(&self) {
         self.inner.lock().expect("stats lock").sent += 1;
+    }
+
+    /// One more attempt of a purchase already counted as sent.
+    pub fn retried(&self) {
+        self.inner.lock().expect("stats lock").retried += 1;
     }
 
     pub fn record(&self, latency: Duration, outcome: Outcome) {
@@ -81,6 +88,7 @@ impl Stats {
             elapsed_seconds: seconds,
             sent: inner.sent,
             accepted: inner.accepted,
+            retried: inner.retried,
             rejected: inner
                 .by_status
                 .iter()
@@ -113,7 +121,9 @@ pub struct Report {
     pub elapsed_seconds: f64,
     pub sent: u64,
     pub accepted: u64,
-    /// Answers other than 202, by status.
+    /// Extra attempts made by --retries (a purchase is counted once in `sent`).
+    pub retried: u64,
+    /// Final answers other than 202, by status.
     pub rejected: BTreeMap<String, u64>,
     /// Requests without an answer, by kind (timeout, connect, ...).
     pub errors: BTreeMap<String, u64>,
@@ -143,6 +153,12 @@ impl Report {
             "sent {} in {:.1}s ({:.1}/s offered), accepted {} ({:.1}/s)\n",
             self.sent, self.elapsed_seconds, self.achieved_rate, self.accepted, self.accepted_rate
         ));
+        if self.retried > 0 {
+            out.push_str(&format!(
+                "retries (same Idempotency-Key): {}\n",
+                self.retried
+            ));
+        }
         if self.rejected.is_empty() && self.errors.is_empty() {
             out.push_str("rejected: none\n");
         } else {

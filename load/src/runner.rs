@@ -22,6 +22,10 @@ pub struct Run {
     pub schedule: Schedule,
     pub max_in_flight: usize,
     pub timeout: Duration,
+    /// Send an `Idempotency-Key` with every purchase.
+    pub idempotency_keys: bool,
+    /// Retries of a purchase answered 503 or not at all (with the same key).
+    pub retries: u32,
     pub workload: Workload,
     /// Shown live and in the report when set.
     pub lag: Option<LagReader>,
@@ -66,16 +70,25 @@ pub async fn run(run: Run) -> anyhow::Result<Report> {
             .acquire_owned()
             .await
             .expect("semaphore is never closed");
-        let request = client.post(&url).json(&run.workload.purchase(&mut rng));
+        let purchase = run.workload.purchase(&mut rng);
+        let key = run
+            .idempotency_keys
+            .then(|| uuid::Uuid::new_v4().to_string());
+        let attempt = {
+            let (client, url) = (client.clone(), url.clone());
+            move || {
+                let request = client.post(&url).json(&purchase);
+                match &key {
+                    Some(key) => request.header("Idempotency-Key", key),
+                    None => request,
+                }
+            }
+        };
         stats.sent();
         let stats = Arc::clone(&stats);
+        let retries = run.retries;
         tokio::spawn(async move {
-            let outcome = match request.send().await {
-                Ok(response) => Outcome::Status(response.status().as_u16()),
-                Err(e) if e.is_timeout() => Outcome::Failed("timeout".into()),
-                Err(e) if e.is_connect() => Outcome::Failed("connect".into()),
-                Err(e) => Outcome::Failed(format!("{e}").chars().take(60).collect()),
-            };
+            let outcome = send_with_retries(attempt, retries, &stats).await;
             // From when the request was due, not when it left: a stall delays the requests
             // queued behind it, and that wait is part of what a user would see.
             stats.record(due.elapsed(), outcome);
@@ -105,6 +118,43 @@ pub async fn run(run: Run) -> anyhow::Result<Report> {
         None => None,
     };
     Ok(stats.report(elapsed, final_lag))
+}
+
+/// Sends one purchase, retrying a 503 or a missing answer up to `retries` times after the
+/// gateway's `Retry-After` (capped, so a misconfigured server cannot park the tool).
+async fn send_with_retries(
+    attempt: impl Fn() -> reqwest::RequestBuilder,
+    retries: u32,
+    stats: &Stats,
+) -> Outcome {
+    const MAX_PAUSE: Duration = Duration::from_secs(5);
+    let mut left = retries;
+    loop {
+        let (outcome, pause) = match attempt().send().await {
+            Ok(response) => {
+                let pause = response
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+                    .map_or(Duration::from_secs(1), Duration::from_secs);
+                (Outcome::Status(response.status().as_u16()), pause)
+            }
+            Err(e) if e.is_timeout() => (Outcome::Failed("timeout".into()), Duration::ZERO),
+            Err(e) if e.is_connect() => (Outcome::Failed("connect".into()), Duration::from_secs(1)),
+            Err(e) => (
+                Outcome::Failed(format!("{e}").chars().take(60).collect()),
+                Duration::from_secs(1),
+            ),
+        };
+        let retryable = matches!(outcome, Outcome::Failed(_) | Outcome::Status(503));
+        if !retryable || left == 0 {
+            return outcome;
+        }
+        left -= 1;
+        stats.retried();
+        tokio::time::sleep(pause.min(MAX_PAUSE)).await;
+    }
 }
 
 fn spawn_progress(

@@ -164,6 +164,91 @@ async fn a_stalled_server_shows_in_p99() {
     );
 }
 
+/// A stand-in gateway that answers the first attempt of every key 503 (`Retry-After: 0`) and
+/// the second 202, recording each key it saw.
+async fn flaky_gateway() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let app = poem::Route::new().at(
+        "/api/purchases",
+        poem::post(poem::endpoint::make({
+            let seen = seen.clone();
+            move |request: poem::Request| {
+                let seen = seen.clone();
+                async move {
+                    let key = request
+                        .header("Idempotency-Key")
+                        .unwrap_or_default()
+                        .to_string();
+                    let mut seen = seen.lock().unwrap();
+                    let first = !seen.contains(&key);
+                    seen.push(key);
+                    if first {
+                        poem::Response::builder()
+                            .status(poem::http::StatusCode::SERVICE_UNAVAILABLE)
+                            .header("Retry-After", "0")
+                            .finish()
+                    } else {
+                        poem::Response::builder()
+                            .status(poem::http::StatusCode::ACCEPTED)
+                            .finish()
+                    }
+                }
+            }
+        })),
+    );
+    let acceptor =
+        poem::listener::Listener::into_acceptor(poem::listener::TcpListener::bind("127.0.0.1:0"))
+            .await
+            .unwrap();
+    let address = poem::listener::Acceptor::local_addr(&acceptor)[0]
+        .as_socket_addr()
+        .copied()
+        .unwrap();
+    tokio::spawn(poem::Server::new_with_acceptor(acceptor).run(app));
+    (format!("http://{address}"), seen)
+}
+
+#[tokio::test]
+async fn retries_reuse_the_purchase_idempotency_key_until_accepted() {
+    let (target, seen) = flaky_gateway().await;
+    let report = load(&[
+        "--target",
+        &target,
+        "--rate",
+        "50",
+        "--duration",
+        "2s",
+        "--idempotency-keys",
+        "--retries",
+        "2",
+        "--json",
+    ])
+    .await;
+    assert_eq!(report["sent"], 100);
+    assert_eq!(report["accepted"], 100, "{report}");
+    assert_eq!(report["retried"], 100, "{report}");
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 200);
+    let mut per_key = std::collections::BTreeMap::<&str, usize>::new();
+    for key in &seen {
+        assert!(uuid::Uuid::parse_str(key).is_ok(), "a UUID key: {key:?}");
+        *per_key.entry(key).or_default() += 1;
+    }
+    assert_eq!(per_key.len(), 100, "one key per purchase");
+    assert!(per_key.values().all(|n| *n == 2), "each key sent twice");
+}
+
+#[test]
+fn retries_without_idempotency_keys_are_refused_with_a_hint() {
+    let output = Command::new(env!("CARGO_BIN_EXE_load"))
+        .args(["--retries", "3"])
+        .output()
+        .expect("run load");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--idempotency-keys"), "{stderr}");
+}
+
 #[tokio::test]
 async fn lag_equals_accepted_while_workers_are_stopped_and_drains_once_they_start() {
     let stack = gateway().await;
