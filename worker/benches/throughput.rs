@@ -120,26 +120,78 @@ async fn main() -> anyhow::Result<()> {
     }
     let insert_rate = records as f64 / started.elapsed().as_secs_f64();
 
-    // 3. The worker, from the committed offsets of a fresh group into a fresh database.
-    let config = WorkerConfig::try_parse_from([
+    // 3. The worker with the durable default write concern (w: majority, j: true), then
+    //    with the old server default (w: 1, no journal wait), each from a fresh group into a
+    //    fresh database: the price of durability, side by side.
+    let durable_rate = worker_rate(&kafka, &mongo, topic, "durable", records, &[]).await?;
+    let fast_rate = worker_rate(
+        &kafka,
+        &mongo,
+        topic,
+        "w1",
+        records,
+        &["--mongo-write-concern=1", "--mongo-write-journal=false"],
+    )
+    .await?;
+    let worker_rate = durable_rate;
+
+    println!();
+    println!("worker throughput: {records} records, {PARTITIONS} partitions, batches of {BATCH}, {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    println!("{:<44} {:>12}", "measure", "records/s");
+    println!(
+        "{:<44} {:>12.0}",
+        "raw rskafka fetch (all partitions at once)", fetch_rate
+    );
+    println!("{:<44} {:>12.0}", "raw unordered insert_many", insert_rate);
+    println!(
+        "{:<44} {:>12.0}",
+        "worker, w: majority + j: true (default)", durable_rate
+    );
+    println!(
+        "{:<44} {:>12.0}",
+        "worker, w: 1 without journal wait", fast_rate
+    );
+    println!(
+        "ratio durable / w:1 worker: {:.2}",
+        durable_rate / fast_rate
+    );
+    println!("ratio worker / raw fetch:  {:.2}", worker_rate / fetch_rate);
+    println!(
+        "ratio worker / raw insert: {:.2}",
+        worker_rate / insert_rate
+    );
+    Ok(())
+}
+
+/// Documents per second a fresh worker stores from `topic`, counted from its first stored
+/// document (group join time is a broker property, not worker throughput).
+async fn worker_rate(
+    kafka: &InfraServer,
+    mongo: &InfraServer,
+    topic: &str,
+    name: &str,
+    records: usize,
+    extra: &[&str],
+) -> anyhow::Result<f64> {
+    let database = format!("bench_worker_{name}");
+    let mut args = vec![
         "worker".to_string(),
         "--listen=127.0.0.1:0".into(),
         format!("--kafka-brokers={}", kafka.address),
         format!("--kafka-topic={topic}"),
-        "--kafka-group-id=bench-workers".into(),
+        format!("--kafka-group-id=bench-workers-{name}"),
         format!("--mongo-uri={}", mongo.address),
-        "--mongo-database=bench_worker".into(),
-        "--log-filter=warn".into(),
-    ])?;
+        format!("--mongo-database={database}"),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let config = WorkerConfig::try_parse_from(args)?;
     let target = mongodb::Client::with_uri_str(&mongo.address)
         .await?
-        .database("bench_worker")
+        .database(&database)
         .collection::<Document>("purchases");
     let worker = Worker::build(config).await?;
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(worker.run(shutdown.clone()));
-    // The clock starts when the first document lands, so group join time (a broker
-    // property) is not counted as worker throughput.
     let mut first: Option<Instant> = None;
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
@@ -156,26 +208,8 @@ async fn main() -> anyhow::Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let worker_rate = records as f64 / first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(f64::MAX);
+    let rate = records as f64 / first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(f64::MAX);
     shutdown.cancel();
     let _ = running.await;
-
-    println!();
-    println!("worker throughput: {records} records, {PARTITIONS} partitions, batches of {BATCH}, {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
-    println!("{:<44} {:>12}", "measure", "records/s");
-    println!(
-        "{:<44} {:>12.0}",
-        "raw rskafka fetch (all partitions at once)", fetch_rate
-    );
-    println!("{:<44} {:>12.0}", "raw unordered insert_many", insert_rate);
-    println!(
-        "{:<44} {:>12.0}",
-        "worker (fetch, decode, write, commit)", worker_rate
-    );
-    println!("ratio worker / raw fetch:  {:.2}", worker_rate / fetch_rate);
-    println!(
-        "ratio worker / raw insert: {:.2}",
-        worker_rate / insert_rate
-    );
-    Ok(())
+    Ok(rate)
 }
