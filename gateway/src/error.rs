@@ -20,7 +20,7 @@ pub struct ErrorBody {
     pub field: Option<String>,
     /// The purchase concerned, when its outcome is unknown: look it up at
     /// `/api/purchases/{eventId}`, or retry with the same `Idempotency-Key`.
-    #[oai(skip_serializing_if_is_none)]
+    #[oai(rename = "eventId", skip_serializing_if_is_none)]
     #[serde(rename = "eventId", skip_serializing_if = "Option::is_none")]
     pub event_id: Option<Uuid>,
 }
