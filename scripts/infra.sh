@@ -92,7 +92,7 @@ start() {
       command -v secantusd-rs >/dev/null || die "secantusd-rs is not installed: run scripts/infra.sh install"
       port="$(cat "$dir/port" 2>/dev/null || echo 0)"
       ( cd "$dir" && exec secantusd-rs --host 127.0.0.1 --port "$port" --storage-path "$dir/data" \
-          --cache-size 256M --log-file-max 16MB </dev/null >>"$log" 2>&1 ) &
+          --cache-size 256M --log-file-max 16MB --sync-on-commit </dev/null >>"$log" 2>&1 ) &
       pid=$!
       echo "$pid" >"$dir/pid"
       wait_for_log "$log" "listening on" "$pid"

@@ -17,8 +17,27 @@ fn moment_between(from: Duration, to: Duration) -> Duration {
     from + Duration::from_millis((uuid::Uuid::new_v4().as_u128() % span) as u64)
 }
 
-#[tokio::test]
+/// One crash test at a time: each drives 300 purchases/s through its own servers, and two at
+/// once on two cores would measure the machine, not the pipeline.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Kills `server` at `at` after `started`, keeps it down for `down_for`, then restarts it
+/// (same data, same port). On a blocking thread: the gateway under test shares our runtime.
+async fn crash(
+    server: &InfraServer,
+    started: tokio::time::Instant,
+    at: Duration,
+    down_for: Duration,
+) {
+    tokio::time::sleep_until(started + at).await;
+    tokio::task::block_in_place(|| server.kill());
+    tokio::time::sleep(down_for).await;
+    tokio::task::block_in_place(|| server.restart());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_killed_twice_under_steady_load_loses_no_acknowledged_purchase() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let (kafka, _) = shared_servers();
     let mongo = InfraServer::start("mongo");
     let pipeline = Pipeline::start_on(&kafka.address, &mongo.address).await;
@@ -37,10 +56,7 @@ async fn database_killed_twice_under_steady_load_loses_no_acknowledged_purchase(
     let crashes = async {
         let started = tokio::time::Instant::now();
         for (at, down_for) in kills {
-            tokio::time::sleep_until(started + at).await;
-            mongo.kill();
-            tokio::time::sleep(down_for).await;
-            mongo.restart();
+            crash(&mongo, started, at, down_for).await;
         }
     };
     // Plain clients: the write path does not touch the database, so every purchase is 202.
@@ -61,8 +77,9 @@ async fn database_killed_twice_under_steady_load_loses_no_acknowledged_purchase(
     pipeline.stop();
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_killed_under_steady_load_stores_nothing_refused_and_keyed_retries_exactly_once() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let (_, mongo) = shared_servers();
     let kafka = InfraServer::start("kafka");
     let pipeline = Pipeline::start_on(&kafka.address, &mongo.address).await;
@@ -70,12 +87,7 @@ async fn broker_killed_under_steady_load_stores_nothing_refused_and_keyed_retrie
     let kill_at = moment_between(Duration::from_secs(4), Duration::from_secs(8));
     let down_for = Duration::from_secs(5);
     eprintln!("broker kill at {kill_at:?}, down for {down_for:?}");
-    let crash = async {
-        tokio::time::sleep(kill_at).await;
-        kafka.kill();
-        tokio::time::sleep(down_for).await;
-        kafka.restart();
-    };
+    let crash = crash(&kafka, tokio::time::Instant::now(), kill_at, down_for);
     // A third of the clients retry with their key, a third send a key once, a third none.
     let (intents, ()) = tokio::join!(
         steady_load::run(
