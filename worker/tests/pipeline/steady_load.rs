@@ -34,13 +34,15 @@ pub enum Answer {
     /// A 503 saying the outcome is unknown, with the eventId.
     Unknown(String),
     /// No HTTP answer at all (connection refused or reset, client timeout).
-    Silence,
+    Silence(String),
     Other(u16, String),
 }
 
 #[derive(Debug)]
 pub struct Intent {
     pub user_id: String,
+    /// When its first attempt was due, from the start of the load.
+    pub due: Duration,
     pub client: Client,
     pub answers: Vec<Answer>,
 }
@@ -76,6 +78,7 @@ pub async fn run(
         let user_id = format!("i{n}-{}", &run_id[..8]);
         let intent = Intent {
             user_id,
+            due: at - started,
             client: client_of(n),
             answers: Vec::new(),
         };
@@ -113,7 +116,7 @@ async fn send_intent(
             request = request.header("Idempotency-Key", &key);
         }
         let answer = match request.send().await {
-            Err(_) => Answer::Silence,
+            Err(e) => Answer::Silence(e.to_string()),
             Ok(response) => {
                 let status = response.status().as_u16();
                 let body: Value = response.json().await.unwrap_or(Value::Null);
@@ -186,7 +189,7 @@ pub async fn audit(pipeline: &Pipeline, intents: &[Intent], settle: Duration) ->
             Some(Answer::Accepted(_)) => audit.answered_202 += 1,
             Some(Answer::NotStored(_)) => audit.answered_not_stored += 1,
             Some(Answer::Unknown(_)) => audit.answered_unknown += 1,
-            Some(Answer::Silence) => audit.no_answer += 1,
+            Some(Answer::Silence(_)) => audit.no_answer += 1,
             _ => {}
         }
         if ids.len() > 1 {
@@ -244,6 +247,15 @@ pub async fn audit(pipeline: &Pipeline, intents: &[Intent], settle: Duration) ->
         }
     }
     eprintln!("{audit:?}");
+    let unanswered: Vec<String> = intents
+        .iter()
+        .filter(|i| !matches!(i.last(), Some(Answer::Accepted(_))))
+        .take(10)
+        .map(|i| format!("{:.1}s {:?}", i.due.as_secs_f64(), i.answers))
+        .collect();
+    if !unanswered.is_empty() {
+        eprintln!("first intents without a 202 (due at, answers): {unanswered:#?}");
+    }
     assert!(
         audit.extra == 0,
         "{} stored purchases nobody sent",
