@@ -64,7 +64,11 @@ impl Application {
             .await
             .context("invalid MongoDB connection string")?;
         tokio::spawn(mongo::ensure_indexes_until_done(db.clone()));
-        let reservations = Reservations::new(&db, config.produce.idempotency_key_retention);
+        let reservations = Reservations::start(
+            &db,
+            config.produce.idempotency_key_retention,
+            config.produce.timeout,
+        );
         tokio::spawn({
             let reservations = reservations.clone();
             async move {

@@ -103,7 +103,7 @@ pub(super) async fn accept(
                     tracing::warn!(error = %e, "cannot reserve idempotency key");
                     return Err(ApiError::unavailable(
                         "mongodb",
-                        "cannot record the Idempotency-Key",
+                        format!("cannot record the Idempotency-Key: {e}"),
                         state.retry_after_seconds,
                     ));
                 }

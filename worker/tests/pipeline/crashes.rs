@@ -78,6 +78,7 @@ async fn database_killed_twice_under_steady_load_loses_no_acknowledged_purchase(
         audit.answered_202 as f64 >= 0.95 * audit.intents as f64,
         "{audit:?}"
     );
+    assert!(audit.stored >= audit.answered_202, "{audit:?}");
     pipeline.wait_committed_to_end(Duration::from_secs(60));
     pipeline.stop();
 }
