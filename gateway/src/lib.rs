@@ -8,5 +8,6 @@ pub mod history;
 pub mod metrics;
 pub mod payload;
 pub mod producer;
+pub mod server;
 pub mod startup;
 pub mod state;
