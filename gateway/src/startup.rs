@@ -110,6 +110,7 @@ impl Application {
         )
         .await;
         state.producer.close().await;
+        mongo::disconnect(&state.db, self.config.mongo.timeout).await;
         tracing::info!("gateway stopped");
         Ok(())
     }
