@@ -6,6 +6,8 @@ mod helpers;
 mod broker_down;
 mod create_purchase;
 mod history;
+#[cfg(target_os = "linux")] // /proc and prctl
+mod infra;
 mod legacy;
 mod operations;
 mod slow_clients;
