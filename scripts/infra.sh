@@ -17,6 +17,8 @@ CARGO_BIN="${CARGO_HOME:-$HOME/.cargo}/bin"
 export PATH="$CARGO_BIN:$PATH"
 
 die() { echo "infra.sh: $*" >&2; exit 1; }
+# shellcheck source=scripts/proc.sh
+. "$(dirname "$0")/proc.sh"
 
 installed() { # crate version
   cargo install --list | grep -q "^$1 v$2:"
@@ -49,7 +51,7 @@ free_port() {
 wait_for_log() {
   for _ in $(seq 1 600); do
     grep -q "$2" "$1" 2>/dev/null && return 0
-    kill -0 "$3" 2>/dev/null || { tail -n 20 "$1" >&2; die "server exited during start-up (log: $1)"; }
+    alive "$3" || { tail -n 20 "$1" >&2; die "server exited during start-up (log: $1)"; }
     sleep 0.1
   done
   tail -n 20 "$1" >&2
@@ -67,8 +69,8 @@ start() {
     esac
   done
   mkdir -p "$dir"
-  dir="$(cd "$dir" && pwd)"
-  if [ -f "$dir/pid" ] && kill -0 "$(cat "$dir/pid")" 2>/dev/null; then
+  dir="$(cd "$dir" && pwd -P)" # physical, as /proc/PID/cwd shows it
+  if [ -f "$dir/pid" ] && running "$(cat "$dir/pid")" "$dir"; then
     cat "$dir/address"; return 0
   fi
   local log="$dir/server.log" port pid
@@ -91,6 +93,11 @@ start() {
     mongo)
       command -v secantusd-rs >/dev/null || die "secantusd-rs is not installed: run scripts/infra.sh install"
       port="$(cat "$dir/port" 2>/dev/null || echo 0)"
+      # --sync-on-commit: without it secantusd-rs acknowledges writes, even j:true ones,
+      # before its log is on disk, while the worker commits Kafka offsets on that
+      # acknowledgement: a database crash could then lose purchases whose offsets are
+      # committed. With it an acknowledged write is on disk, as with a real mongod, so what
+      # the tests, the local stack and the benchmarks show holds for production.
       ( cd "$dir" && exec secantusd-rs --host 127.0.0.1 --port "$port" --storage-path "$dir/data" \
           --cache-size 256M --log-file-max 16MB --sync-on-commit </dev/null >>"$log" 2>&1 ) &
       pid=$!
@@ -104,19 +111,20 @@ start() {
   echo "$port" >"$dir/port"
   if [ -n "$owner" ]; then
     # Watchdog: stop the server when its owner (a test process) is gone, however it ended.
-    ( while kill -0 "$owner" 2>/dev/null && kill -0 "$pid" 2>/dev/null; do sleep 1; done
-      kill "$pid" 2>/dev/null || true ) </dev/null >/dev/null 2>&1 &
+    ( while alive "$owner" && running "$pid" "$dir"; do sleep 1; done
+      if running "$pid" "$dir"; then kill "$pid" 2>/dev/null || true; fi ) </dev/null >/dev/null 2>&1 &
   fi
   cat "$dir/address"
 }
 
 stop() {
-  local dir="${1:?usage: stop DIR}" pid
+  local dir pid
+  dir="$(cd "${1:?usage: stop DIR}" 2>/dev/null && pwd -P)" || return 0
   [ -f "$dir/pid" ] || return 0
   pid="$(cat "$dir/pid")"
-  if kill "$pid" 2>/dev/null; then
-    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
+  if running "$pid" "$dir" && kill "$pid" 2>/dev/null; then
+    for _ in $(seq 1 100); do running "$pid" "$dir" || break; sleep 0.1; done
+    if running "$pid" "$dir"; then kill -9 "$pid" 2>/dev/null || true; fi
   fi
   rm -f "$dir/pid"
 }

@@ -13,14 +13,19 @@ stack=.local/stack
 logs="$stack/logs"
 gateway_port="${GATEWAY_PORT:-8080}"
 
-running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# shellcheck source=scripts/proc.sh
+. scripts/proc.sh
+# A service runs while the pid in its pid file is alive: not a zombie (proc.sh).
+service_running() { [ -f "$1" ] && alive "$(cat "$1")"; }
+# A server of infra.sh runs while its pid is alive and runs in its directory.
+server_running() { [ -f "$1/pid" ] && running "$(cat "$1/pid")" "$(cd "$1" && pwd -P)"; }
 
 services=(gateway worker-1 worker-2)
 
 # start_service NAME COMMAND...: in the background, logging to $logs/NAME.log, unless running.
 start_service() {
   local name="$1"; shift
-  running "$stack/$name.pid" && return 0
+  service_running "$stack/$name.pid" && return 0
   nohup "$@" </dev/null >>"$logs/$name.log" 2>&1 &
   echo $! >"$stack/$name.pid"
 }
@@ -40,7 +45,7 @@ up() {
   done
   for _ in $(seq 1 150); do
     curl -fs "http://127.0.0.1:$gateway_port/readyz" >/dev/null && break
-    running "$stack/gateway.pid" || { tail -n 20 "$logs/gateway.log"; echo "gateway exited (log: $logs/gateway.log)" >&2; exit 1; }
+    service_running "$stack/gateway.pid" || { tail -n 20 "$logs/gateway.log"; echo "gateway exited (log: $logs/gateway.log)" >&2; exit 1; }
     sleep 0.2
   done
   status
@@ -58,10 +63,10 @@ EOT
 down() {
   local name pid
   for name in "${services[@]}"; do
-    if running "$stack/$name.pid"; then
+    if service_running "$stack/$name.pid"; then
       pid="$(cat "$stack/$name.pid")"
       kill "$pid"
-      for _ in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      for _ in $(seq 1 300); do alive "$pid" || break; sleep 0.1; done
     fi
     rm -f "$stack/$name.pid"
   done
@@ -73,7 +78,7 @@ down() {
 status() {
   printf '%-8s %-8s %s\n' service state address
   for s in kafka mongo; do
-    if running "$stack/$s/pid"; then
+    if server_running "$stack/$s"; then
       printf '%-8s %-8s %s\n' "$s" up "$(cat "$stack/$s/address")"
     else
       printf '%-8s %-8s\n' "$s" down
@@ -81,7 +86,7 @@ status() {
   done
   local name
   for name in "${services[@]}"; do
-    if running "$stack/$name.pid"; then
+    if service_running "$stack/$name.pid"; then
       printf '%-8s %-8s %s\n' "$name" up "pid $(cat "$stack/$name.pid"), log $logs/$name.log"
     else
       printf '%-8s %-8s\n' "$name" down

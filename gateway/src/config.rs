@@ -44,6 +44,9 @@ pub struct GatewayConfig {
     pub produce: ProduceArgs,
 
     #[command(flatten)]
+    pub client_timeouts: ClientTimeoutArgs,
+
+    #[command(flatten)]
     pub telemetry: TelemetryArgs,
 
     /// Largest accepted request body; larger bodies get 413.
@@ -102,6 +105,27 @@ impl GatewayConfig {
     }
 }
 
+/// How long a client may take to send its request, so that slow or silent clients cannot
+/// hold connections (see `server.rs` for when each deadline runs).
+#[derive(Debug, Clone, Args)]
+pub struct ClientTimeoutArgs {
+    /// Longest a client may take to send a request's headers, from its first byte (or from
+    /// connecting); a connection that misses it is closed.
+    #[arg(long, env = "GATEWAY_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// Longest a client may take to send a request's body once its headers arrived; a late
+    /// body is answered 408 and nothing of it is accepted.
+    #[arg(long, env = "GATEWAY_BODY_READ_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub body_read_timeout: Duration,
+
+    /// Longest a keep-alive connection may wait for its next request. Longer than the 60 s
+    /// upstream keep-alive of common proxies (ingress-nginx, AWS ALB), so the proxy closes
+    /// first and never sends a request into a connection we are closing.
+    #[arg(long, env = "GATEWAY_IDLE_TIMEOUT", default_value = "75s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
@@ -122,6 +146,10 @@ mod tests {
             cli.config.produce.timeout,
             std::time::Duration::from_secs(5)
         );
+        let timeouts = cli.config.client_timeouts;
+        assert_eq!(timeouts.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(timeouts.body_read_timeout, Duration::from_secs(15));
+        assert_eq!(timeouts.idle_timeout, Duration::from_secs(75));
     }
 
     #[test]

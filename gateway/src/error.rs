@@ -44,6 +44,9 @@ pub enum ApiError {
     /// No such purchase (yet: a purchase is readable once a worker stored it).
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
+    /// The body did not arrive within the body read timeout; nothing was accepted.
+    #[oai(status = 408)]
+    RequestTimeout(Json<ErrorBody>),
     /// The body is larger than the configured limit.
     #[oai(status = 413)]
     PayloadTooLarge(Json<ErrorBody>),
@@ -83,6 +86,13 @@ impl ApiError {
 
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::NotFound(Json(ErrorBody::new("not_found", message)))
+    }
+
+    pub fn request_timeout(message: impl std::fmt::Display) -> Self {
+        Self::RequestTimeout(Json(ErrorBody::new(
+            "request_timeout",
+            format!("{message}; nothing was accepted, send the request again"),
+        )))
     }
 
     pub fn too_large(limit: usize) -> Self {

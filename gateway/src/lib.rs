@@ -9,5 +9,6 @@ pub mod idempotency;
 pub mod metrics;
 pub mod payload;
 pub mod producer;
+pub mod server;
 pub mod startup;
 pub mod state;

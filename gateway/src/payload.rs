@@ -88,6 +88,10 @@ impl<const LEGACY: bool> ParsePayload for PurchaseBody<LEGACY> {
             .await
             .map_err(|e| match e {
                 ReadBodyError::PayloadTooLarge => ApiError::too_large(limit),
+                // The server's body deadline (server.rs) passed before the body was whole.
+                ReadBodyError::Io(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    ApiError::request_timeout(e)
+                }
                 other => ApiError::malformed_json(format!("cannot read body: {other}")),
             })?;
         let value: Value = serde_json::from_slice(&bytes)

@@ -8,7 +8,7 @@ use poem::{
     endpoint::make_sync,
     listener::{Acceptor, Listener, TcpAcceptor, TcpListener},
     middleware::Tracing,
-    EndpointExt, Route, Server,
+    EndpointExt, Route,
 };
 use purchase::{kafka, mongo};
 use tokio_util::sync::CancellationToken;
@@ -21,6 +21,7 @@ use crate::{
     metrics::{self, Metrics},
     payload::BodyLimit,
     producer::PurchaseProducer,
+    server,
     state::AppState,
 };
 
@@ -114,15 +115,16 @@ impl Application {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let state = Arc::clone(&self.state);
         let app = routes(Arc::clone(&state), self.config.max_body_bytes);
-        Server::new_with_acceptor(self.acceptor)
-            .run_with_graceful_shutdown(
-                app,
-                shutdown.cancelled_owned(),
-                Some(self.config.shutdown_grace),
-            )
-            .await
-            .context("HTTP server failed")?;
+        server::serve(
+            self.acceptor,
+            app,
+            self.config.client_timeouts.clone(),
+            shutdown,
+            self.config.shutdown_grace,
+        )
+        .await;
         state.producer.close().await;
+        mongo::disconnect(&state.db, self.config.mongo.timeout).await;
         tracing::info!("gateway stopped");
         Ok(())
     }

@@ -38,6 +38,20 @@ fn write_concern(args: &WriteConcernArgs) -> WriteConcern {
         .build()
 }
 
+/// Ends the client's server sessions and closes its connections while the runtime still
+/// runs; call it last, once nothing uses the database any more. Without it the last handle's
+/// drop does this in a background task that races the runtime's own shutdown at process exit,
+/// and the driver panics (`SendError` in its connection requester) when its pool task is
+/// dropped first. Bounded by `within`, so an unreachable server cannot hold the exit.
+pub async fn disconnect(db: &Database, within: std::time::Duration) {
+    if tokio::time::timeout(within, db.client().clone().shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(?within, "MongoDB client did not shut down in time");
+    }
+}
+
 pub fn purchases(db: &Database) -> Collection<Document> {
     db.collection(COLLECTION)
 }

@@ -42,14 +42,17 @@ impl InfraServer {
         infra(&["stop", path_str(self.dir.path())]);
     }
 
-    /// SIGKILL: the server gets no chance to flush or close anything, as in a crash.
-    pub fn kill(&self) {
-        let pid = std::fs::read_to_string(self.dir.path().join("pid")).expect("server pid file");
-        let status = Command::new("kill")
-            .args(["-KILL", pid.trim()])
+    /// SIGKILLs the server, as a crash or the OOM killer would, and returns its pid.
+    pub fn kill(&self) -> u32 {
+        let pid = std::fs::read_to_string(self.dir.path().join("pid"))
+            .expect("a started server has a pid file");
+        let pid = pid.trim();
+        let killed = Command::new("kill")
+            .args(["-KILL", pid])
             .status()
             .expect("run kill");
-        assert!(status.success(), "SIGKILL {kind} {pid}", kind = self.kind);
+        assert!(killed.success(), "kill -KILL {pid} failed");
+        pid.parse().expect("the pid file holds a pid")
     }
 
     /// Starts again in the same directory: same data, same port.

@@ -203,6 +203,7 @@ impl Worker {
         lag_task.abort();
         ops_stop.cancel();
         let _ = ops_task.await;
+        mongo::disconnect(&db, config.mongo.timeout).await;
         tracing::info!("worker stopped");
         Ok(())
     }

@@ -7,6 +7,9 @@ mod broker_down;
 mod create_purchase;
 mod history;
 mod idempotency;
+#[cfg(target_os = "linux")] // /proc and prctl
+mod infra;
 mod legacy;
 mod operations;
+mod slow_clients;
 mod validation;

@@ -142,6 +142,7 @@ async fn the_binary_stops_cleanly_on_sigterm() {
     tokio::io::AsyncReadExt::read_to_string(&mut child.stderr.take().unwrap(), &mut logs)
         .await
         .unwrap();
+    assert!(!logs.contains("panicked"), "{logs}");
     let last: Value = serde_json::from_str(logs.lines().last().unwrap()).expect("JSON log lines");
     assert_eq!(last["message"], "gateway stopped", "{logs}");
 }

@@ -18,7 +18,7 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -79,7 +79,17 @@ impl Pipeline {
     /// Starts a worker process of this pipeline.
     pub fn worker(&self) -> WorkerProcess {
         let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_worker"))
+        let child = self.worker_command(port).spawn().expect("start worker");
+        WorkerProcess {
+            child,
+            metrics: format!("http://127.0.0.1:{port}/metrics"),
+        }
+    }
+
+    /// The command of a worker process of this pipeline, its ops server on `port`.
+    pub fn worker_command(&self, port: u16) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_worker"));
+        command
             .env("WORKER_LISTEN", format!("127.0.0.1:{port}"))
             .env("KAFKA_BROKERS", &self.kafka)
             .env("KAFKA_TOPIC", &self.topic)
@@ -94,13 +104,8 @@ impl Pipeline {
             .env("MONGO_DATABASE", &self.database)
             .env("MONGO_TIMEOUT", "2s")
             .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start worker");
-        WorkerProcess {
-            child,
-            metrics: format!("http://127.0.0.1:{port}/metrics"),
-        }
+            .stdin(Stdio::null());
+        command
     }
 
     /// POSTs `count` purchases with `concurrency` requests in flight; returns the accepted

@@ -7,4 +7,5 @@ mod steady_load;
 mod crashes;
 mod dead_letters;
 mod delivery;
+mod exit;
 mod fleet;
