@@ -2,7 +2,7 @@
 
 use poem::{http::header, IntoResponse, Response};
 use poem_openapi::{payload::Json, ApiResponse, Object};
-use purchase::ValidationError;
+use purchase::{validation::ErrorKind, ValidationError};
 
 /// The body of every error response.
 #[derive(Debug, Clone, Object, serde::Serialize)]
@@ -46,10 +46,9 @@ pub enum ApiError {
 
 impl ApiError {
     pub fn invalid(error: ValidationError) -> Self {
-        let code = if error.field.is_some() {
-            "invalid_field"
-        } else {
-            "invalid_body"
+        let code = match error.kind {
+            ErrorKind::Field => "invalid_field",
+            ErrorKind::Body => "invalid_body",
         };
         Self::BadRequest(Json(ErrorBody {
             error: code.to_string(),

@@ -11,7 +11,7 @@ use poem_openapi::{
     Object,
 };
 use purchase::{validation::UserIdField, NewPurchase};
-use serde_json::Value;
+use serde_json::{value::RawValue, Value};
 
 use crate::error::ApiError;
 
@@ -90,14 +90,16 @@ impl<const LEGACY: bool> ParsePayload for PurchaseBody<LEGACY> {
                 ReadBodyError::PayloadTooLarge => ApiError::too_large(limit),
                 other => ApiError::malformed_json(format!("cannot read body: {other}")),
             })?;
-        let value: Value = serde_json::from_slice(&bytes)
+        // Only the syntax is checked here (the whole text, so trailing garbage or a BOM is
+        // refused); the values stay text for `NewPurchase`, which reads `price` exactly.
+        let body: &RawValue = serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::malformed_json(format!("body is not valid JSON: {e}")))?;
         let field = if LEGACY {
             UserIdField::AllowLegacy
         } else {
             UserIdField::Current
         };
-        let purchase = NewPurchase::from_json(&value, field).map_err(ApiError::invalid)?;
+        let purchase = NewPurchase::from_json(body, field).map_err(ApiError::invalid)?;
         Ok(Self(purchase))
     }
 }

@@ -146,6 +146,7 @@ pub struct TopicRecord {
 /// A purchase event as the gateway would make it, for seeding the database.
 pub fn event(user_id: &str, username: &str, price: f64) -> PurchaseEvent {
     let body = serde_json::json!({"username": username, "userId": user_id, "price": price});
+    let body = serde_json::value::to_raw_value(&body).expect("JSON text");
     PurchaseEvent::new(
         purchase::NewPurchase::from_json(&body, purchase::validation::UserIdField::Current)
             .expect("valid test purchase"),
