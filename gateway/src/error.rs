@@ -38,8 +38,8 @@ pub enum ApiError {
     /// The body is larger than the configured limit.
     #[oai(status = 413)]
     PayloadTooLarge(Json<ErrorBody>),
-    /// Kafka or MongoDB did not answer in time; nothing was accepted. Retry after the
-    /// given number of seconds.
+    /// Kafka or MongoDB did not answer in time: a purchase was not accepted, or history
+    /// could not be read. Retry after the given number of seconds.
     #[oai(status = 503)]
     Unavailable(Json<ErrorBody>, #[oai(header = "Retry-After")] u32),
 }
@@ -85,6 +85,22 @@ impl ApiError {
             Json(ErrorBody::new(
                 &format!("{dependency}_unavailable"),
                 format!("{message}; nothing was stored, retry later"),
+            )),
+            retry_after,
+        )
+    }
+
+    /// A read the database did not answer. Unlike `unavailable` (a write), there is nothing
+    /// to say about what was stored, only that the purchases could not be read.
+    pub fn unavailable_read(
+        dependency: &str,
+        message: impl std::fmt::Display,
+        retry_after: u32,
+    ) -> Self {
+        Self::Unavailable(
+            Json(ErrorBody::new(
+                &format!("{dependency}_unavailable"),
+                format!("{message}; could not read purchases, try again"),
             )),
             retry_after,
         )

@@ -105,7 +105,7 @@ pub(super) fn page_limit(limit: Option<u32>, default: u32, max: u32) -> Result<u
 
 pub(super) fn mongo_unavailable(state: &AppState, error: mongodb::error::Error) -> ApiError {
     tracing::warn!(error = %error, "history read failed");
-    ApiError::unavailable(
+    ApiError::unavailable_read(
         "mongodb",
         "the purchase database did not answer",
         state.retry_after_seconds,
