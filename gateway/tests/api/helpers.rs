@@ -78,6 +78,17 @@ impl TestApp {
             .expect("request sent")
     }
 
+    /// Posts bytes exactly as given (for bodies a JSON serializer would never write).
+    pub async fn post_raw(&self, path: &str, body: impl Into<Vec<u8>>) -> reqwest::Response {
+        self.client
+            .post(format!("{}{path}", self.address))
+            .header("content-type", "application/json")
+            .body(body.into())
+            .send()
+            .await
+            .expect("request sent")
+    }
+
     pub async fn post_purchase(&self, body: &Value) -> reqwest::Response {
         self.post_json("/api/purchases", body).await
     }
