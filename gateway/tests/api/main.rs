@@ -8,4 +8,5 @@ mod create_purchase;
 mod history;
 mod legacy;
 mod operations;
+mod schemathesis;
 mod validation;
