@@ -1,8 +1,12 @@
 //! Error responses: every failure is JSON `{error, message, field?}` with the right status.
 
 use poem::{http::header, IntoResponse, Response};
-use poem_openapi::{payload::Json, ApiResponse, Object};
-use purchase::ValidationError;
+use poem_openapi::{
+    error::{ParseParamError, ParsePathError},
+    payload::Json,
+    ApiResponse, Object, OperationId,
+};
+use purchase::{validation::ErrorKind, ValidationError};
 use uuid::Uuid;
 
 use crate::{api::model::location_of, idempotency::IDEMPOTENCY_KEY_HEADER};
@@ -61,12 +65,25 @@ pub enum ApiError {
     Unavailable(Json<ErrorBody>, #[oai(header = "Retry-After")] u32),
 }
 
+/// Answers given before any handler runs: by the router (a path without this method) and by
+/// the payload extractor (a body that is not JSON). Never built by a handler; it documents
+/// them on each operation (`api::WithRouterAnswers`), and `render_error` gives them their
+/// JSON body.
+#[derive(Debug, ApiResponse)]
+pub enum RouterError {
+    /// This path does not take this method; `Allow` lists the ones it takes.
+    #[oai(status = 405)]
+    MethodNotAllowed(Json<ErrorBody>, #[oai(header = "Allow")] String),
+    /// The body must be JSON, sent with `Content-Type: application/json`.
+    #[oai(status = 415)]
+    UnsupportedMediaType(Json<ErrorBody>),
+}
+
 impl ApiError {
     pub fn invalid(error: ValidationError) -> Self {
-        let code = if error.field.is_some() {
-            "invalid_field"
-        } else {
-            "invalid_body"
+        let code = match error.kind {
+            ErrorKind::Field => "invalid_field",
+            ErrorKind::Body => "invalid_body",
         };
         Self::BadRequest(Json(ErrorBody {
             error: code.to_string(),
@@ -145,12 +162,39 @@ impl ApiError {
         body.field = Some(IDEMPOTENCY_KEY_HEADER.to_string());
         Self::Unprocessable(Json(body))
     }
+
+    /// A read the database did not answer. Unlike `unavailable` (a write), there is nothing
+    /// to say about what was stored, only that the purchases could not be read.
+    pub fn unavailable_read(
+        dependency: &str,
+        message: impl std::fmt::Display,
+        retry_after: u32,
+    ) -> Self {
+        Self::Unavailable(
+            Json(ErrorBody::new(
+                &format!("{dependency}_unavailable"),
+                format!("{message}; could not read purchases, try again"),
+            )),
+            retry_after,
+        )
+    }
 }
 
-/// Turns any error into a JSON response. Errors we built are JSON already; poem's own (no
-/// such route, wrong method, unsupported media type, bad path parameter) are plain text and
-/// get wrapped with their status and message.
+/// Turns any error into a JSON response. Errors we built are JSON already; a parameter that
+/// did not parse (poem-openapi's error, carrying our parser's message) names the parameter
+/// like our body errors do; poem's own (no such route, wrong method, unsupported media type)
+/// are plain text and get wrapped with their status and message.
 pub fn render_error(err: poem::Error) -> Response {
+    if let Some(e) = err.downcast_ref::<ParseParamError>() {
+        return ApiError::invalid_param(e.name, plain_reason(&e.reason)).into_response();
+    }
+    if let Some(e) = err.downcast_ref::<ParsePathError>() {
+        let field = err
+            .data::<OperationId>()
+            .and_then(|operation| crate::api::path_parameter_name(operation.0, e.name))
+            .unwrap_or(e.name);
+        return ApiError::invalid_param(field, plain_reason(&e.reason)).into_response();
+    }
     let status = err.status();
     let text = err.to_string();
     let response = err.into_response();
@@ -176,4 +220,38 @@ pub fn render_error(err: poem::Error) -> Response {
     let mut fixed = poem::web::Json(ErrorBody::new(&code, message)).into_response();
     fixed.set_status(status);
     fixed
+}
+
+/// A parameter parser's own message without the frame poem-openapi puts around it
+/// (`failed to parse "limit": ... (occurred while parsing "optional_limit")`), whose type names
+/// mean nothing to a client. A message in another shape is left as it is.
+fn plain_reason(reason: &str) -> &str {
+    let reason = reason
+        .strip_prefix("failed to parse \"")
+        .and_then(|rest| rest.split_once("\": "))
+        .map_or(reason, |(_, message)| message);
+    match reason.rfind(" (occurred while parsing \"") {
+        Some(frame) if reason.ends_with("\")") => &reason[..frame],
+        _ => reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain_reason;
+
+    #[test]
+    fn parameter_messages_lose_poem_openapis_type_names() {
+        assert_eq!(
+            plain_reason(
+                r#"failed to parse "limit": must be 1 to 100 (occurred while parsing "optional_limit")"#
+            ),
+            "must be 1 to 100"
+        );
+        assert_eq!(
+            plain_reason(r#"failed to parse "userId": contains '/'"#),
+            "contains '/'"
+        );
+        assert_eq!(plain_reason("value is required"), "value is required");
+    }
 }

@@ -8,10 +8,10 @@ use poem_openapi::{
     payload::{Json, ParsePayload, Payload},
     registry::{MetaSchemaRef, Registry},
     types::Type,
-    Object,
+    Object, Union,
 };
 use purchase::{validation::UserIdField, NewPurchase};
-use serde_json::Value;
+use serde_json::{value::RawValue, Value};
 
 use crate::error::ApiError;
 
@@ -19,35 +19,74 @@ use crate::error::ApiError;
 #[derive(Debug, Clone, Copy)]
 pub struct BodyLimit(pub usize);
 
-/// A purchase. Unknown fields are rejected.
+// The patterns below are `purchase::validation::{USERNAME_PATTERN, USER_ID_PATTERN}` (an
+// attribute needs a literal); a test checks that the spec carries exactly those.
+
+/// A purchase. Unknown fields are rejected, and so is a field given twice.
 #[derive(Debug, Object)]
 #[oai(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PurchaseRequest {
     /// Display name: 1-64 letters, digits, spaces or `.-_'`, no surrounding spaces.
-    #[oai(validator(min_length = 1, max_length = 64))]
+    #[oai(validator(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[\p{Alpha}\p{N}._'-](?:[\p{Alpha}\p{N} ._'-]*[\p{Alpha}\p{N}._'-])?$"
+    ))]
     pub username: String,
     /// User id, the Kafka key: 1-64 ASCII letters, digits, `.`, `-` or `_`.
-    #[oai(validator(pattern = r"^[A-Za-z0-9._-]{1,64}$"))]
+    #[oai(validator(min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9._-]{1,64}$"))]
     pub user_id: String,
-    /// Amount greater than 0 and at most 1000000, with at most two decimals (19.99).
-    #[oai(validator(minimum(value = "0", exclusive), maximum(value = "1000000")))]
+    /// Amount greater than 0 and at most 1000000 with at most two decimals, read exactly as
+    /// written: `19.99`, `19.990` and `1999e-2` are the same amount, `19.999999999999999` is
+    /// refused (it is not a whole number of cents, whatever a float would round it to).
+    #[oai(validator(
+        minimum(value = "0", exclusive),
+        maximum(value = "1000000"),
+        multiple_of = 0.01
+    ))]
     pub price: f64,
 }
 
-/// The seed services' purchase body: `userId`, or cm-server's lowercase `userid`.
+/// cm-server's purchase body, which spells the user id `userid`.
 #[derive(Debug, Object)]
 #[oai(deny_unknown_fields)]
-pub struct LegacyPurchaseRequest {
-    #[oai(validator(min_length = 1, max_length = 64))]
+pub struct SeedPurchaseRequest {
+    /// As in `PurchaseRequest`.
+    #[oai(validator(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[\p{Alpha}\p{N}._'-](?:[\p{Alpha}\p{N} ._'-]*[\p{Alpha}\p{N}._'-])?$"
+    ))]
     pub username: String,
-    /// Either `userId` or `userid` is required, not both.
-    #[oai(rename = "userId", validator(pattern = r"^[A-Za-z0-9._-]{1,64}$"))]
-    pub user_id: Option<String>,
     /// Legacy spelling of `userId`.
-    #[oai(validator(pattern = r"^[A-Za-z0-9._-]{1,64}$"))]
-    pub userid: Option<String>,
-    #[oai(validator(minimum(value = "0", exclusive), maximum(value = "1000000")))]
+    #[oai(validator(min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9._-]{1,64}$"))]
+    pub userid: String,
+    /// As in `PurchaseRequest`.
+    #[oai(validator(
+        minimum(value = "0", exclusive),
+        maximum(value = "1000000"),
+        multiple_of = 0.01
+    ))]
     pub price: f64,
+}
+
+/// What the seed routes take: the current body or cm-server's, so exactly one of `userId`
+/// and `userid` (both closed objects, so a body with both matches neither).
+#[derive(Debug, Union)]
+#[oai(one_of)]
+pub enum LegacyPurchaseRequest {
+    Current(PurchaseRequest),
+    Seed(SeedPurchaseRequest),
+}
+
+/// poem-openapi's `deny_unknown_fields` refuses unknown fields but does not say so in the
+/// schema (its `MetaSchema` has no form for `additionalProperties: false`). Every property of
+/// these bodies is required, so `maxProperties` = their number says exactly the same.
+fn close_object<T: Type>(registry: &mut Registry) {
+    if let Some(schema) = registry.schemas.get_mut(T::name().as_ref()) {
+        debug_assert_eq!(schema.required.len(), schema.properties.len());
+        schema.max_properties = Some(schema.properties.len());
+    }
 }
 
 /// A validated purchase body; `LEGACY` also accepts the seed spelling `userid`.
@@ -69,8 +108,13 @@ impl<const LEGACY: bool> Payload for PurchaseBody<LEGACY> {
     }
 
     fn register(registry: &mut Registry) {
-        PurchaseRequest::register(registry);
-        LegacyPurchaseRequest::register(registry);
+        if LEGACY {
+            LegacyPurchaseRequest::register(registry);
+        } else {
+            PurchaseRequest::register(registry);
+        }
+        close_object::<PurchaseRequest>(registry);
+        close_object::<SeedPurchaseRequest>(registry);
     }
 }
 
@@ -94,14 +138,16 @@ impl<const LEGACY: bool> ParsePayload for PurchaseBody<LEGACY> {
                 }
                 other => ApiError::malformed_json(format!("cannot read body: {other}")),
             })?;
-        let value: Value = serde_json::from_slice(&bytes)
+        // Only the syntax is checked here (the whole text, so trailing garbage or a BOM is
+        // refused); the values stay text for `NewPurchase`, which reads `price` exactly.
+        let body: &RawValue = serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::malformed_json(format!("body is not valid JSON: {e}")))?;
         let field = if LEGACY {
             UserIdField::AllowLegacy
         } else {
             UserIdField::Current
         };
-        let purchase = NewPurchase::from_json(&value, field).map_err(ApiError::invalid)?;
+        let purchase = NewPurchase::from_json(body, field).map_err(ApiError::invalid)?;
         Ok(Self(purchase))
     }
 }

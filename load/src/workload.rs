@@ -48,7 +48,8 @@ mod tests {
         let mut per_user: HashMap<String, usize> = HashMap::new();
         for _ in 0..10_000 {
             let body = workload.purchase(&mut rng);
-            purchase::NewPurchase::from_json(&body, purchase::validation::UserIdField::Current)
+            let text = serde_json::value::to_raw_value(&body).unwrap();
+            purchase::NewPurchase::from_json(&text, purchase::validation::UserIdField::Current)
                 .expect("the gateway accepts every generated purchase");
             *per_user
                 .entry(body["userId"].as_str().unwrap().to_string())

@@ -119,8 +119,9 @@ mod tests {
     use crate::validation::UserIdField;
 
     fn sample() -> PurchaseEvent {
-        let body = serde_json::json!({"username": "ann", "userId": "u1", "price": 19.99});
-        PurchaseEvent::new(NewPurchase::from_json(&body, UserIdField::Current).unwrap())
+        let body: &serde_json::value::RawValue =
+            serde_json::from_str(r#"{"username": "ann", "userId": "u1", "price": 19.99}"#).unwrap();
+        PurchaseEvent::new(NewPurchase::from_json(body, UserIdField::Current).unwrap())
     }
 
     #[test]

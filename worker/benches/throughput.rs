@@ -40,6 +40,7 @@ async fn main() -> anyhow::Result<()> {
     let events: Vec<PurchaseEvent> = (0..records)
         .map(|i| {
             let body = serde_json::json!({"username": "bench user", "userId": format!("u{}", i % 1000), "price": 19.99});
+            let body = serde_json::value::to_raw_value(&body).expect("JSON text");
             PurchaseEvent::new(NewPurchase::from_json(&body, UserIdField::Current).expect("valid"))
         })
         .collect();

@@ -8,11 +8,10 @@ use poem_openapi::{
     payload::Json,
     OpenApi,
 };
-use purchase::UserId;
-use uuid::Uuid;
 
 use super::{
     model::{Purchase, PurchasePage},
+    params::{PageLimit, UserIdParam, UuidParam},
     ApiTags,
 };
 use crate::{error::ApiError, history::Owner, state::AppState};
@@ -37,28 +36,24 @@ impl HistoryApi {
     async fn list(
         &self,
         state: Data<&Arc<AppState>>,
-        #[oai(name = "userId")] user_id: Path<String>,
-        limit: Query<Option<u32>>,
-        cursor: Query<Option<String>>,
+        #[oai(name = "userId")] user_id: Path<UserIdParam>,
+        limit: Query<Option<PageLimit<DEFAULT_PAGE, MAX_PAGE>>>,
+        /// `nextCursor` of the previous page.
+        cursor: Query<Option<UuidParam>>,
     ) -> Result<Json<PurchasePage>, ApiError> {
-        let user_id = parse_user_id(&user_id)?;
-        let limit = page_limit(limit.0, DEFAULT_PAGE, MAX_PAGE)?;
-        let before = cursor
-            .0
-            .map(|c| {
-                Uuid::parse_str(&c).map_err(|_| {
-                    ApiError::invalid_param("cursor", "is not a cursor returned as nextCursor")
-                })
-            })
-            .transpose()?;
+        let limit = PageLimit::or_default(limit.0);
         let page = state
             .history
-            .page(Owner::UserId(user_id.as_str()), limit, before)
+            .page(
+                Owner::UserId(user_id.0 .0.as_str()),
+                limit,
+                cursor.0.map(|c| c.0),
+            )
             .await
             .map_err(|e| mongo_unavailable(&state, e))?;
         Ok(Json(PurchasePage {
             purchases: page.purchases.into_iter().map(Purchase::from).collect(),
-            next_cursor: page.next_cursor.map(|c| c.to_string()),
+            next_cursor: page.next_cursor,
         }))
     }
 
@@ -74,10 +69,9 @@ impl HistoryApi {
     async fn get(
         &self,
         state: Data<&Arc<AppState>>,
-        #[oai(name = "eventId")] event_id: Path<String>,
+        #[oai(name = "eventId")] event_id: Path<UuidParam>,
     ) -> Result<Json<Purchase>, ApiError> {
-        let event_id = Uuid::parse_str(&event_id)
-            .map_err(|_| ApiError::invalid_param("eventId", "must be a UUID"))?;
+        let event_id = event_id.0 .0;
         match state.history.get(event_id).await {
             Ok(Some(event)) => Ok(Json(event.into())),
             Ok(None) => Err(ApiError::not_found(format!(
@@ -88,24 +82,9 @@ impl HistoryApi {
     }
 }
 
-pub(super) fn parse_user_id(raw: &str) -> Result<UserId, ApiError> {
-    UserId::parse(raw).map_err(|m| ApiError::invalid_param("userId", m))
-}
-
-pub(super) fn page_limit(limit: Option<u32>, default: u32, max: u32) -> Result<u32, ApiError> {
-    match limit {
-        None => Ok(default),
-        Some(n) if (1..=max).contains(&n) => Ok(n),
-        Some(_) => Err(ApiError::invalid_param(
-            "limit",
-            format!("must be between 1 and {max}"),
-        )),
-    }
-}
-
 pub(super) fn mongo_unavailable(state: &AppState, error: mongodb::error::Error) -> ApiError {
     tracing::warn!(error = %error, "history read failed");
-    ApiError::unavailable(
+    ApiError::unavailable_read(
         "mongodb",
         "the purchase database did not answer",
         state.retry_after_seconds,

@@ -3,24 +3,26 @@
 
 use std::sync::Arc;
 
+use super::{
+    history::mongo_unavailable,
+    model::Purchase,
+    params::{PageLimit, UserIdParam, UsernameParam},
+    purchases::{accept, CreatedResponse, IdempotencyKeyHeader},
+    ApiTags,
+};
+use crate::{error::ApiError, history::Owner, payload::PurchaseBody, state::AppState};
 use poem::web::Data;
 use poem_openapi::{
     param::{Path, Query},
     payload::Json,
     OpenApi,
 };
-use purchase::Username;
-
-use super::{
-    history::{mongo_unavailable, page_limit, parse_user_id},
-    model::Purchase,
-    purchases::{accept, CreatedResponse, IdempotencyKeyHeader},
-    ApiTags,
-};
-use crate::{error::ApiError, history::Owner, payload::PurchaseBody, state::AppState};
 
 /// The seeds returned every purchase at once; we cap a response at this many (newest).
 pub const LEGACY_MAX: u32 = 1000;
+
+/// `limit` on the seed routes: default and maximum `LEGACY_MAX`.
+pub type LegacyLimit = PageLimit<LEGACY_MAX, LEGACY_MAX>;
 
 pub struct LegacyApi;
 
@@ -69,11 +71,10 @@ impl LegacyApi {
     async fn user_purchases(
         &self,
         state: Data<&Arc<AppState>>,
-        #[oai(name = "userId")] user_id: Path<String>,
-        limit: Query<Option<u32>>,
+        #[oai(name = "userId")] user_id: Path<UserIdParam>,
+        limit: Query<Option<LegacyLimit>>,
     ) -> Result<Json<Vec<Purchase>>, ApiError> {
-        let user_id = parse_user_id(&user_id)?;
-        list(&state, Owner::UserId(user_id.as_str()), limit.0).await
+        list(&state, Owner::UserId(user_id.0 .0.as_str()), limit.0).await
     }
 
     /// A user's purchases by username as an array (cm-api `/buyList`)
@@ -86,12 +87,10 @@ impl LegacyApi {
     async fn buy_list(
         &self,
         state: Data<&Arc<AppState>>,
-        username: Path<String>,
-        limit: Query<Option<u32>>,
+        username: Path<UsernameParam>,
+        limit: Query<Option<LegacyLimit>>,
     ) -> Result<Json<Vec<Purchase>>, ApiError> {
-        let username =
-            Username::parse(&username).map_err(|m| ApiError::invalid_param("username", m))?;
-        list(&state, Owner::Username(username.as_str()), limit.0).await
+        list(&state, Owner::Username(username.0 .0.as_str()), limit.0).await
     }
 
     /// Purchases whose userId or username is `user`, as an array (api-server)
@@ -106,10 +105,10 @@ impl LegacyApi {
     async fn get_all_user_buys(
         &self,
         state: Data<&Arc<AppState>>,
-        user: Path<String>,
-        limit: Query<Option<u32>>,
+        user: Path<UsernameParam>,
+        limit: Query<Option<LegacyLimit>>,
     ) -> Result<Json<Vec<Purchase>>, ApiError> {
-        all_user_buys(&state, &user, limit.0).await
+        all_user_buys(&state, user.0, limit.0).await
     }
 
     /// Same as `/getAllUserBuys/{user}`, at the path the seed's example used
@@ -122,28 +121,28 @@ impl LegacyApi {
     async fn api_get_all_user_buys(
         &self,
         state: Data<&Arc<AppState>>,
-        user: Path<String>,
-        limit: Query<Option<u32>>,
+        user: Path<UsernameParam>,
+        limit: Query<Option<LegacyLimit>>,
     ) -> Result<Json<Vec<Purchase>>, ApiError> {
-        all_user_buys(&state, &user, limit.0).await
+        all_user_buys(&state, user.0, limit.0).await
     }
 }
 
+/// `user` follows the username rules, which every userId also meets.
 async fn all_user_buys(
     state: &AppState,
-    user: &str,
-    limit: Option<u32>,
+    user: UsernameParam,
+    limit: Option<LegacyLimit>,
 ) -> Result<Json<Vec<Purchase>>, ApiError> {
-    Username::parse(user).map_err(|m| ApiError::invalid_param("user", m))?;
-    list(state, Owner::UserIdOrUsername(user), limit).await
+    list(state, Owner::UserIdOrUsername(user.0.as_str()), limit).await
 }
 
 pub(super) async fn list(
     state: &AppState,
     owner: Owner<'_>,
-    limit: Option<u32>,
+    limit: Option<LegacyLimit>,
 ) -> Result<Json<Vec<Purchase>>, ApiError> {
-    let limit = page_limit(limit, LEGACY_MAX, LEGACY_MAX)?;
+    let limit = LegacyLimit::or_default(limit);
     let page = state
         .history
         .page(owner, limit, None)

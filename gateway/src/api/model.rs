@@ -23,6 +23,11 @@ pub struct Purchase {
     pub username: String,
     pub user_id: String,
     /// Exactly the amount sent, at most two decimals.
+    #[oai(validator(
+        minimum(value = "0", exclusive),
+        maximum(value = "1000000"),
+        multiple_of = 0.01
+    ))]
     pub price: f64,
     /// When the gateway took the purchase: RFC 3339, UTC, milliseconds.
     pub timestamp: String,
@@ -49,7 +54,7 @@ pub struct PurchasePage {
     pub purchases: Vec<Purchase>,
     /// Pass as `cursor` to get the next (older) page; absent on the last page.
     #[oai(skip_serializing_if_is_none)]
-    pub next_cursor: Option<String>,
+    pub next_cursor: Option<Uuid>,
 }
 
 pub fn location_of(event_id: Uuid) -> String {

@@ -9,9 +9,9 @@ use purchase::{NewPurchase, PurchaseEvent};
 use poem_openapi::param::{Header, Query};
 
 use super::{
-    history::parse_user_id,
-    legacy,
+    legacy::{self, LegacyLimit},
     model::{location_of, Accepted, Purchase},
+    params::UserIdParam,
     ApiTags,
 };
 use crate::{
@@ -70,11 +70,10 @@ impl PurchasesApi {
     async fn purchases_by_query(
         &self,
         state: Data<&Arc<AppState>>,
-        #[oai(name = "userId")] user_id: Query<String>,
-        limit: Query<Option<u32>>,
+        #[oai(name = "userId")] user_id: Query<UserIdParam>,
+        limit: Query<Option<LegacyLimit>>,
     ) -> Result<Json<Vec<Purchase>>, ApiError> {
-        let user_id = parse_user_id(&user_id)?;
-        legacy::list(&state, Owner::UserId(user_id.as_str()), limit.0).await
+        legacy::list(&state, Owner::UserId(user_id.0 .0.as_str()), limit.0).await
     }
 }
 

@@ -70,6 +70,11 @@ async fn database_unreachable_makes_reads_503_and_readiness_fail_but_writes_stil
     let response = app.get("/api/users/u1/purchases").await;
     let body = assert_json_error(response, 503, None).await;
     assert_eq!(body["error"], "mongodb_unavailable");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("could not read") && !message.contains("stored"),
+        "a read says what a read can say: {message}"
+    );
     let ready = app.get("/readyz").await;
     assert_eq!(ready.status().as_u16(), 503);
     let ready: serde_json::Value = ready.json().await.unwrap();

@@ -78,6 +78,17 @@ impl TestApp {
             .expect("request sent")
     }
 
+    /// Posts bytes exactly as given (for bodies a JSON serializer would never write).
+    pub async fn post_raw(&self, path: &str, body: impl Into<Vec<u8>>) -> reqwest::Response {
+        self.client
+            .post(format!("{}{path}", self.address))
+            .header("content-type", "application/json")
+            .body(body.into())
+            .send()
+            .await
+            .expect("request sent")
+    }
+
     pub async fn post_purchase(&self, body: &Value) -> reqwest::Response {
         self.post_json("/api/purchases", body).await
     }
@@ -157,6 +168,7 @@ pub struct TopicRecord {
 /// A purchase event as the gateway would make it, for seeding the database.
 pub fn event(user_id: &str, username: &str, price: f64) -> PurchaseEvent {
     let body = serde_json::json!({"username": username, "userId": user_id, "price": price});
+    let body = serde_json::value::to_raw_value(&body).expect("JSON text");
     PurchaseEvent::new(
         purchase::NewPurchase::from_json(&body, purchase::validation::UserIdField::Current)
             .expect("valid test purchase"),

@@ -11,5 +11,6 @@ mod idempotency;
 mod infra;
 mod legacy;
 mod operations;
+mod schemathesis;
 mod slow_clients;
 mod validation;
