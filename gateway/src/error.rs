@@ -119,15 +119,24 @@ impl ApiError {
         )))
     }
 
+    /// A write the dependency did not take: nothing was stored.
     pub fn unavailable(
         dependency: &str,
         message: impl std::fmt::Display,
         retry_after: u32,
     ) -> Self {
+        Self::dependency_unavailable(
+            dependency,
+            format!("{message}; nothing was stored, retry later"),
+            retry_after,
+        )
+    }
+
+    fn dependency_unavailable(dependency: &str, message: String, retry_after: u32) -> Self {
         Self::Unavailable(
             Json(ErrorBody::new(
                 &format!("{dependency}_unavailable"),
-                format!("{message}; nothing was stored, retry later"),
+                message,
             )),
             retry_after,
         )
@@ -170,11 +179,9 @@ impl ApiError {
         message: impl std::fmt::Display,
         retry_after: u32,
     ) -> Self {
-        Self::Unavailable(
-            Json(ErrorBody::new(
-                &format!("{dependency}_unavailable"),
-                format!("{message}; could not read purchases, try again"),
-            )),
+        Self::dependency_unavailable(
+            dependency,
+            format!("{message}; could not read purchases, try again"),
             retry_after,
         )
     }

@@ -2,7 +2,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::helpers::{assert_json_error, shared_servers, spawn_app_with, InfraServer};
+use crate::helpers::{
+    assert_json_error, shared_servers, spawn_app_with, spawn_app_without_database, InfraServer,
+};
 
 #[tokio::test]
 async fn broker_stopped_gives_truthful_503s_with_retry_after_in_bounded_time_then_recovers() {
@@ -59,14 +61,7 @@ async fn broker_stopped_gives_truthful_503s_with_retry_after_in_bounded_time_the
 
 #[tokio::test]
 async fn database_unreachable_makes_reads_503_and_readiness_fail_but_writes_still_work() {
-    let (kafka, _) = shared_servers();
-    // Nothing listens on port 1.
-    let app = spawn_app_with(
-        &kafka.address,
-        "mongodb://127.0.0.1:1",
-        &["--mongo-timeout=500ms"],
-    )
-    .await;
+    let app = spawn_app_without_database().await;
     let response = app.get("/api/users/u1/purchases").await;
     let body = assert_json_error(response, 503, None).await;
     assert_eq!(body["error"], "mongodb_unavailable");

@@ -28,6 +28,17 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(&kafka.address, &mongo.address, &[]).await
 }
 
+/// A gateway on the shared broker whose database never answers (nothing listens on port 1).
+pub async fn spawn_app_without_database() -> TestApp {
+    let (kafka, _) = shared_servers();
+    spawn_app_with(
+        &kafka.address,
+        "mongodb://127.0.0.1:1",
+        &["--mongo-timeout=500ms"],
+    )
+    .await
+}
+
 pub async fn spawn_app_with(kafka: &str, mongo: &str, extra: &[&str]) -> TestApp {
     let id = uuid::Uuid::new_v4().simple().to_string();
     let topic = format!("purchases-{id}");

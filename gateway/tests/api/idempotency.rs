@@ -2,7 +2,9 @@
 
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_json_error, shared_servers, spawn_app, spawn_app_with};
+use crate::helpers::{
+    assert_json_error, shared_servers, spawn_app, spawn_app_with, spawn_app_without_database,
+};
 
 async fn accepted_event_id(response: reqwest::Response) -> String {
     assert_eq!(response.status().as_u16(), 202);
@@ -128,13 +130,7 @@ async fn a_malformed_key_is_a_400_naming_the_header_and_nothing_is_produced() {
 
 #[tokio::test]
 async fn a_keyed_purchase_without_a_database_is_refused_as_not_stored() {
-    let (kafka, _) = shared_servers();
-    let app = spawn_app_with(
-        &kafka.address,
-        "mongodb://127.0.0.1:1",
-        &["--mongo-timeout=500ms"],
-    )
-    .await;
+    let app = spawn_app_without_database().await;
     let purchase = json!({"username": "ann", "userId": "u1", "price": 5});
     let response = app
         .post_with_key("/api/purchases", &purchase, &new_key())

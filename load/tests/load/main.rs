@@ -109,6 +109,20 @@ async fn the_achieved_rate_is_within_5_percent_and_accepted_matches_the_gateway_
     assert!(report["latency_ms"]["p99"].as_f64().unwrap() > 0.0);
 }
 
+/// Serves a stand-in gateway on a free loopback port.
+async fn serve(app: impl poem::Endpoint + 'static) -> std::net::SocketAddr {
+    let acceptor =
+        poem::listener::Listener::into_acceptor(poem::listener::TcpListener::bind("127.0.0.1:0"))
+            .await
+            .unwrap();
+    let address = poem::listener::Acceptor::local_addr(&acceptor)[0]
+        .as_socket_addr()
+        .copied()
+        .unwrap();
+    tokio::spawn(poem::Server::new_with_acceptor(acceptor).run(app));
+    address
+}
+
 #[tokio::test]
 async fn a_stalled_server_shows_in_p99() {
     // Answers at once, except the 50th request, which takes a second. With one request in
@@ -129,15 +143,7 @@ async fn a_stalled_server_shows_in_p99() {
             }
         })),
     );
-    let acceptor =
-        poem::listener::Listener::into_acceptor(poem::listener::TcpListener::bind("127.0.0.1:0"))
-            .await
-            .unwrap();
-    let address = poem::listener::Acceptor::local_addr(&acceptor)[0]
-        .as_socket_addr()
-        .copied()
-        .unwrap();
-    tokio::spawn(poem::Server::new_with_acceptor(acceptor).run(app));
+    let address = serve(app).await;
 
     let target = format!("http://{address}");
     let report = load(&[
@@ -196,15 +202,7 @@ async fn flaky_gateway() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>
             }
         })),
     );
-    let acceptor =
-        poem::listener::Listener::into_acceptor(poem::listener::TcpListener::bind("127.0.0.1:0"))
-            .await
-            .unwrap();
-    let address = poem::listener::Acceptor::local_addr(&acceptor)[0]
-        .as_socket_addr()
-        .copied()
-        .unwrap();
-    tokio::spawn(poem::Server::new_with_acceptor(acceptor).run(app));
+    let address = serve(app).await;
     (format!("http://{address}"), seen)
 }
 
