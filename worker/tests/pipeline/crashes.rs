@@ -17,10 +17,6 @@ fn moment_between(from: Duration, to: Duration) -> Duration {
     from + Duration::from_millis((uuid::Uuid::new_v4().as_u128() % span) as u64)
 }
 
-/// One crash test at a time: each drives 300 purchases/s through its own servers, and two at
-/// once on two cores would measure the machine, not the pipeline.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 /// Kills `server` at `at` after `started`, keeps it down for `down_for`, then restarts it
 /// (same data, same port). On a blocking thread: the gateway under test shares our runtime.
 async fn crash(
@@ -37,7 +33,7 @@ async fn crash(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_killed_twice_under_steady_load_loses_no_acknowledged_purchase() {
-    let _alone = ONE_AT_A_TIME.lock().await;
+    let _alone = one_heavy_test_at_a_time().await;
     let (kafka, _) = shared_servers();
     let mongo = InfraServer::start("mongo");
     let pipeline = Pipeline::start_on(&kafka.address, &mongo.address).await;
@@ -85,7 +81,7 @@ async fn database_killed_twice_under_steady_load_loses_no_acknowledged_purchase(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_killed_under_steady_load_stores_nothing_refused_and_keyed_retries_exactly_once() {
-    let _alone = ONE_AT_A_TIME.lock().await;
+    let _alone = one_heavy_test_at_a_time().await;
     let (_, mongo) = shared_servers();
     let kafka = InfraServer::start("kafka");
     let pipeline = Pipeline::start_on(&kafka.address, &mongo.address).await;

@@ -61,6 +61,7 @@ async fn purchases_posted_to_the_gateway_appear_in_the_history_api() {
 
 #[tokio::test]
 async fn two_workers_store_20000_purchases_exactly_once_and_commit_to_the_end() {
+    let _alone = one_heavy_test_at_a_time().await;
     let pipeline = Pipeline::start().await;
     let workers = [pipeline.worker(), pipeline.worker()];
     let accepted = pipeline.post_purchases(20_000, 64).await;

@@ -47,6 +47,7 @@ async fn run_until_ready_then_terminate(pipeline: &Pipeline) -> (std::process::E
 
 #[tokio::test]
 async fn workers_exit_0_on_sigterm_without_panicking() {
+    let _alone = one_heavy_test_at_a_time().await;
     let pipeline = Pipeline::start().await;
     // The panic this guards against (the MongoDB client's last drop racing the runtime's
     // shutdown at exit) hit about one exit in twenty, so many workers are stopped.

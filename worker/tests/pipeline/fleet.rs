@@ -23,6 +23,7 @@ async fn until_stored(pipeline: &Pipeline, count: u64) {
 
 #[tokio::test]
 async fn a_worker_killed_mid_stream_loses_nothing_and_stores_nothing_twice() {
+    let _alone = one_heavy_test_at_a_time().await;
     let pipeline = Pipeline::start().await;
     let survivor = pipeline.worker();
     let victim = pipeline.worker();
@@ -44,6 +45,7 @@ async fn a_worker_killed_mid_stream_loses_nothing_and_stores_nothing_twice() {
 
 #[tokio::test]
 async fn workers_joining_and_leaving_mid_stream_lose_nothing() {
+    let _alone = one_heavy_test_at_a_time().await;
     let pipeline = Pipeline::start().await;
     let first = pipeline.worker();
     let leaving = pipeline.worker();
@@ -76,6 +78,7 @@ async fn workers_joining_and_leaving_mid_stream_lose_nothing() {
 
 #[tokio::test]
 async fn a_database_outage_pauses_the_worker_without_moving_offsets_or_losing_purchases() {
+    let _alone = one_heavy_test_at_a_time().await;
     let (kafka, _) = shared_servers();
     let mongo = InfraServer::start("mongo");
     let pipeline = Pipeline::start_on(&kafka.address, &mongo.address).await;

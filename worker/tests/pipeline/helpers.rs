@@ -25,6 +25,13 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// Tests that push a stream through a fleet run one at a time: several such scenarios on two
+/// shared cores measure the machine, not the pipeline, and run into their time limits.
+pub async fn one_heavy_test_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    HEAVY.lock().await
+}
+
 /// Gateway, topic, group and database of one test; workers are separate processes.
 pub struct Pipeline {
     pub kafka: String,
