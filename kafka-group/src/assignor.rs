@@ -14,6 +14,12 @@ pub enum Assignor {
     /// Kafka's range assignor: per topic, consecutive partition ranges in member id order.
     /// Every Kafka client implements it, so mixed groups can agree on it.
     Range,
+    /// The sticky split under the incremental cooperative protocol (KIP-429), named and
+    /// behaving like librdkafka's and the Java client's `cooperative-sticky`: members keep
+    /// fetching through a rebalance, and a partition that changes owner is first only taken
+    /// from its old owner; the new owner gets it in the follow-up rebalance, once the old one
+    /// has committed and let go.
+    CooperativeSticky,
 }
 
 impl Assignor {
@@ -23,13 +29,20 @@ impl Assignor {
         match self {
             Assignor::Sticky => "rskafka-sticky",
             Assignor::Range => "range",
+            Assignor::CooperativeSticky => "cooperative-sticky",
         }
     }
 
     pub fn from_protocol_name(name: &str) -> Option<Self> {
-        [Assignor::Sticky, Assignor::Range]
+        [Assignor::CooperativeSticky, Assignor::Sticky, Assignor::Range]
             .into_iter()
             .find(|a| a.protocol_name() == name)
+    }
+
+    /// Whether a group on this assignor rebalances incrementally: members keep what they
+    /// keep, and revoke only what the new assignment no longer gives them.
+    pub fn is_cooperative(self) -> bool {
+        matches!(self, Assignor::CooperativeSticky)
     }
 
     /// Splits the partitions of `topics` (name → partition count) among `members`.
@@ -60,6 +73,9 @@ impl Assignor {
             let assigned = match self {
                 Assignor::Range => range(&group, &partitions),
                 Assignor::Sticky => sticky(&group, &partitions),
+                Assignor::CooperativeSticky => {
+                    withhold_moving_partitions(&group, sticky(&group, &partitions))
+                }
             };
             for (member, mut list) in assigned {
                 list.sort();
@@ -167,6 +183,29 @@ fn sticky(
         list.push(tp.clone());
     }
     result
+}
+
+/// The cooperative rule: a partition another member still owns is not handed to its new
+/// owner in this round. The old owner sees it missing from its assignment, revokes it and
+/// rejoins; the next round gives it out, unowned. So no partition ever has two owners.
+fn withhold_moving_partitions(
+    members: &[&MemberSubscription],
+    mut plan: BTreeMap<String, Vec<TopicPartition>>,
+) -> BTreeMap<String, Vec<TopicPartition>> {
+    let mut claimants: BTreeMap<&TopicPartition, BTreeSet<&str>> = BTreeMap::new();
+    for member in members {
+        for tp in &member.owned {
+            claimants.entry(tp).or_default().insert(&member.member_id);
+        }
+    }
+    for (member, partitions) in plan.iter_mut() {
+        partitions.retain(|tp| {
+            claimants
+                .get(tp)
+                .is_none_or(|owners| owners.contains(member.as_str()))
+        });
+    }
+    plan
 }
 
 #[cfg(test)]
@@ -283,6 +322,64 @@ mod tests {
                 current = next;
             }
         }
+    }
+
+    #[test]
+    fn cooperative_sticky_first_takes_a_moving_partition_away_then_hands_it_out() {
+        let first =
+            Assignor::CooperativeSticky.assign(&[member("a", &[]), member("b", &[])], &topics(12));
+        assert_disjoint_complete_balanced(&first, 12);
+
+        // A newcomer: in the first round the owners give up its share and keep the rest, and
+        // the newcomer gets nothing that someone still owns.
+        let members = [
+            member("a", &first["a"]),
+            member("b", &first["b"]),
+            member("c", &[]),
+        ];
+        let round_one = Assignor::CooperativeSticky.assign(&members, &topics(12));
+        assert!(round_one["c"].is_empty());
+        assert_eq!(round_one["a"].len() + round_one["b"].len(), 8);
+        for id in ["a", "b"] {
+            assert!(round_one[id].iter().all(|tp| first[id].contains(tp)));
+        }
+
+        // The follow-up round, after a and b revoked: the freed partitions go to c.
+        let members = [
+            member("a", &round_one["a"]),
+            member("b", &round_one["b"]),
+            member("c", &[]),
+        ];
+        let round_two = Assignor::CooperativeSticky.assign(&members, &topics(12));
+        assert_disjoint_complete_balanced(&round_two, 12);
+        assert_eq!(round_two["a"], round_one["a"]);
+        assert_eq!(round_two["b"], round_one["b"]);
+        assert_eq!(round_two["c"].len(), 4);
+    }
+
+    #[test]
+    fn cooperative_sticky_hands_out_a_leavers_partitions_at_once() {
+        let three = Assignor::CooperativeSticky.assign(
+            &[member("a", &[]), member("b", &[]), member("c", &[])],
+            &topics(12),
+        );
+        let two = Assignor::CooperativeSticky.assign(
+            &[member("a", &three["a"]), member("c", &three["c"])],
+            &topics(12),
+        );
+        assert_disjoint_complete_balanced(&two, 12);
+        assert_eq!(moved(&three, &two), 4, "only b's partitions moved");
+    }
+
+    #[test]
+    fn cooperative_sticky_never_gives_a_partition_claimed_by_two_members_to_both() {
+        let tp = |p| TopicPartition::new("t", p);
+        let result = Assignor::CooperativeSticky.assign(
+            &[member("a", &[tp(0), tp(1)]), member("b", &[tp(1), tp(2)])],
+            &topics(4),
+        );
+        let owners_of_1 = result.values().filter(|list| list.contains(&tp(1))).count();
+        assert!(owners_of_1 <= 1);
     }
 
     #[test]

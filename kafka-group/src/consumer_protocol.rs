@@ -18,13 +18,17 @@ use crate::{
     TopicPartition,
 };
 
-/// Version 1 adds the partitions a member owns, which the sticky assignor needs; older
-/// readers (any Kafka client) read the topics and ignore the rest.
-const SUBSCRIPTION_VERSION: i16 = 1;
+/// Version 1 adds the partitions a member owns, which the sticky assignors need; version 2
+/// the generation they were owned in, which librdkafka's and Java's cooperative-sticky
+/// leaders use to settle two claims on one partition. Older readers (any Kafka client) read
+/// the fields they know and ignore the rest.
+const SUBSCRIPTION_VERSION: i16 = 2;
 const ASSIGNMENT_VERSION: i16 = 0;
 
-pub fn encode_subscription(topics: &[String], owned: &[TopicPartition]) -> Bytes {
+/// `generation`: the one `owned` was assigned in (-1 for none).
+pub fn encode_subscription(topics: &[String], owned: &[TopicPartition], generation: i32) -> Bytes {
     let subscription = ConsumerProtocolSubscription::default()
+        .with_generation_id(generation)
         .with_topics(
             topics
                 .iter()
@@ -133,7 +137,7 @@ mod tests {
             TopicPartition::new("a", 0),
             TopicPartition::new("b", 1),
         ];
-        let bytes = encode_subscription(&["a".into(), "b".into()], &owned);
+        let bytes = encode_subscription(&["a".into(), "b".into()], &owned, 7);
         let (topics, back) = decode_subscription(&bytes).unwrap();
         assert_eq!(topics, ["a", "b"]);
         let mut expected = owned.clone();

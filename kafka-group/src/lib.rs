@@ -57,6 +57,7 @@ mod offsets;
 mod types;
 
 pub use assignor::{Assignor, MemberSubscription};
+pub use backoff::Backoff;
 pub use error::{Error, Result};
 pub use member::{GroupConfig, GroupEvent, GroupMember, Revocation};
 pub use offsets::{keda_desired_replicas, GroupAdmin, OffsetReset, PartitionLag};

@@ -1,9 +1,19 @@
 //! A member of a consumer group: join, (as leader) assign, sync, heartbeat, leave, and
 //! recover from every normal group event. Runs as its own task; the application sees a
 //! stream of [`GroupEvent`]s and commits through [`GroupMember::commit`].
+//!
+//! Two rebalance protocols, chosen by the assignor the group agrees on:
+//! - eager (`rskafka-sticky`, `range`): on a rebalance the member revokes everything, then
+//!   rejoins; every partition pauses for the whole rebalance.
+//! - incremental cooperative (KIP-429, `cooperative-sticky`): the member rejoins while it
+//!   keeps fetching and committing, and afterwards revokes only what the new assignment no
+//!   longer gives it. If it revoked anything it rejoins once more, so the leader can hand
+//!   those partitions, now free, to their new owner.
+//!
+//! Every state change and retry is logged at debug level, so a member that waits says why.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     sync::{Arc, Mutex as StdMutex},
     time::{Duration, Instant},
 };
@@ -31,7 +41,7 @@ use crate::{
         decode_assignment, decode_subscription, encode_assignment, encode_subscription,
     },
     error::{check, protocol_error, Error, Result},
-    offsets::{coordinator_trouble, GroupAdmin},
+    offsets::{self, coordinator_trouble, GroupAdmin},
     TopicPartition,
 };
 
@@ -43,6 +53,10 @@ pub struct GroupConfig {
     pub group_id: String,
     pub topics: Vec<String>,
     pub client_id: String,
+    /// Static membership (KIP-345): a member that comes back under the same instance id
+    /// within the session timeout takes its old place (and partitions) without a rebalance.
+    /// Must be unique in the group; `None` for a dynamic member.
+    pub group_instance_id: Option<String>,
     /// Without a heartbeat for this long, the coordinator drops the member and rebalances.
     pub session_timeout: Duration,
     /// How long the coordinator waits for members to rejoin during a rebalance; also how
@@ -52,24 +66,31 @@ pub struct GroupConfig {
     pub heartbeat_interval: Duration,
     /// Bound on every request except JoinGroup (which waits for the rebalance).
     pub request_timeout: Duration,
+    /// How often the subscribed topics' partition counts are checked; partitions added to a
+    /// topic are assigned at the rebalance this check starts.
+    pub metadata_refresh: Duration,
     /// Assignors offered, in order of preference. The group uses the first one every member
     /// offers.
     pub assignors: Vec<Assignor>,
 }
 
 impl GroupConfig {
-    /// Kafka's consumer defaults: 45 s session, 5 min rebalance, 3 s heartbeat.
+    /// Kafka's consumer defaults: 45 s session, 5 min rebalance, 3 s heartbeat; the
+    /// cooperative sticky assignor first, then the eager ones for groups with older members
+    /// or other clients.
     pub fn new(bootstrap: Vec<String>, group_id: impl Into<String>, topics: Vec<String>) -> Self {
         Self {
             bootstrap,
             group_id: group_id.into(),
             topics,
             client_id: "kafka-group".into(),
+            group_instance_id: None,
             session_timeout: Duration::from_secs(45),
             rebalance_timeout: Duration::from_secs(300),
             heartbeat_interval: Duration::from_secs(3),
             request_timeout: Duration::from_secs(30),
-            assignors: vec![Assignor::Sticky, Assignor::Range],
+            metadata_refresh: Duration::from_secs(30),
+            assignors: vec![Assignor::CooperativeSticky, Assignor::Sticky, Assignor::Range],
         }
     }
 
@@ -84,6 +105,8 @@ impl GroupConfig {
             Some("offer at least one assignor")
         } else if self.heartbeat_interval >= self.session_timeout {
             Some("the heartbeat interval must be shorter than the session timeout")
+        } else if self.group_instance_id.as_deref() == Some("") {
+            Some("the group instance id must not be empty (leave it unset for a dynamic member)")
         } else {
             None
         };
@@ -97,14 +120,19 @@ impl GroupConfig {
 /// What the application must act on.
 #[derive(Debug)]
 pub enum GroupEvent {
-    /// This member now owns exactly these partitions (generation `generation`).
+    /// This member now owns exactly `partitions` (generation `generation`); `added` are the
+    /// ones it did not own before, to start fetching. Under the eager protocol everything was
+    /// revoked first, so `added == partitions`.
     Assigned {
         generation: i32,
         partitions: Vec<TopicPartition>,
+        added: Vec<TopicPartition>,
     },
     /// This member must let go of these partitions: stop fetching them, write and commit
-    /// what was read, then drop (or [`Revocation::done`]) the revocation. The member rejoins
-    /// only after that, or after the rebalance timeout.
+    /// what was read, then drop (or [`Revocation::done`]) the revocation. Under the
+    /// cooperative protocol these are only the partitions that move; the others keep their
+    /// fetchers. The member goes on only after the acknowledgement, the rebalance timeout, or
+    /// a [`GroupMember::leave`].
     Revoked(Revocation),
 }
 
@@ -141,8 +169,10 @@ struct Membership {
     member_id: String,
     generation: i32,
     assigned: Vec<TopicPartition>,
-    /// Between an assignment and the next revocation.
+    /// Between an assignment and the next rebalance.
     stable: bool,
+    /// The assignor (and so the rebalance protocol) of the current generation.
+    protocol: Option<Assignor>,
 }
 
 enum Command {
@@ -153,6 +183,7 @@ enum Command {
 /// member abruptly, like a crash: the coordinator notices after the session timeout.
 pub struct GroupMember {
     group_id: String,
+    instance_id: Option<String>,
     admin: GroupAdmin,
     state: Arc<StdMutex<Membership>>,
     commands: mpsc::Sender<Command>,
@@ -161,7 +192,9 @@ pub struct GroupMember {
 
 impl GroupMember {
     /// Starts joining the group in the background. Assignments arrive on the returned
-    /// receiver; keep reading it (a revocation waits for the application).
+    /// receiver; keep reading it (a revocation waits for the application). The receiver
+    /// ends when the member stops: after [`leave`](Self::leave), or when another process
+    /// took over its group instance id (fenced).
     pub fn start(config: GroupConfig) -> Result<(Self, mpsc::UnboundedReceiver<GroupEvent>)> {
         config.validate()?;
         let cluster = Arc::new(Cluster::new(
@@ -179,12 +212,18 @@ impl GroupMember {
             state: Arc::clone(&state),
             events,
             connection: None,
-            previous: Vec::new(),
+            owned: Vec::new(),
+            owned_generation: -1,
+            partition_counts: BTreeMap::new(),
+            last_contact: Instant::now(),
+            leader: None,
+            last_leader: String::new(),
         };
         let task = tokio::spawn(task.run(command_receiver));
         Ok((
             Self {
                 group_id: config.group_id,
+                instance_id: config.group_instance_id,
                 admin,
                 state,
                 commands,
@@ -195,19 +234,24 @@ impl GroupMember {
     }
 
     /// Commits `offsets` (the next offset to read, per partition) as this member of the
-    /// current generation. Fails with `RebalanceInProgress`, `IllegalGeneration` or
-    /// `UnknownMemberId` when the group moved on; the new owner then starts from the last
-    /// successful commit, so nothing is skipped.
+    /// current generation. Under the cooperative protocol this also works while the group
+    /// rebalances, except in the short moment between JoinGroup and SyncGroup. Fails with
+    /// `RebalanceInProgress`, `IllegalGeneration` or `UnknownMemberId` when the group moved
+    /// on; the owner then starts from the last successful commit, so nothing is skipped.
     pub async fn commit(&self, offsets: &BTreeMap<TopicPartition, i64>) -> Result<()> {
         if offsets.is_empty() {
             return Ok(());
         }
-        let (member_id, generation) = {
+        let identity = {
             let state = self.state.lock().expect("membership lock");
-            (state.member_id.clone(), state.generation)
+            offsets::MemberIdentity {
+                member_id: state.member_id.clone(),
+                generation: state.generation,
+                instance_id: self.instance_id.clone(),
+            }
         };
         self.admin
-            .commit_as(&self.group_id, generation, &member_id, offsets)
+            .commit_as(&self.group_id, &identity, offsets)
             .await
     }
 
@@ -248,8 +292,9 @@ impl GroupMember {
         &self.admin
     }
 
-    /// Leaves the group so it rebalances at once. Commit before calling this.
-    /// The member stops; later calls fail with [`Error::Stopped`].
+    /// Leaves the group so it rebalances at once. Commit before calling this. A revocation
+    /// the application has not acknowledged yet is not waited for: leaving says the
+    /// application is done. The member stops; later calls fail with [`Error::Stopped`].
     pub async fn leave(&self) -> Result<()> {
         let (reply, result) = oneshot::channel();
         if self.commands.send(Command::Leave(reply)).await.is_err() {
@@ -274,13 +319,30 @@ impl Drop for GroupMember {
 
 /// Why the stable phase ended.
 enum Interruption {
-    /// The group is rebalancing: revoke, then rejoin with the same member id.
+    /// The group is rebalancing (or this member starts one): rejoin with the same member id.
     Rebalance,
     /// The coordinator no longer knows this member (or its generation): partitions are lost.
     Lost,
+    /// Another process joined with this member's group instance id.
+    Fenced,
     Leave(oneshot::Sender<Result<()>>),
     /// Every handle is gone.
     Abandoned,
+}
+
+/// A successful JoinGroup + SyncGroup.
+struct Joined {
+    generation: i32,
+    assignor: Assignor,
+    partitions: Vec<TopicPartition>,
+}
+
+/// How a revocation wait ended.
+enum Revoked {
+    /// The application let go (or the rebalance timeout passed).
+    Done,
+    /// The application asked to leave meanwhile.
+    Leaving(Command),
 }
 
 struct MemberTask {
@@ -291,13 +353,26 @@ struct MemberTask {
     /// Our own connection to the coordinator: JoinGroup blocks it for a whole rebalance, so
     /// it is not shared with commits.
     connection: Option<Connection>,
-    /// What this member owned before the current rebalance, offered to the sticky assignor.
-    previous: Vec<TopicPartition>,
+    /// What this member owns, or (eager protocol, mid-rebalance) owned until the revocation:
+    /// offered to the sticky assignors when it rejoins.
+    owned: Vec<TopicPartition>,
+    /// The generation `owned` was assigned in.
+    owned_generation: i32,
+    /// Partitions per subscribed topic at the last check; a change starts a rebalance.
+    partition_counts: BTreeMap<String, usize>,
+    /// Last answer from the coordinator that proves this member is still in the group.
+    last_contact: Instant,
+    /// Whether this member led the generation it last joined (`None`: never joined).
+    leader: Option<bool>,
+    /// The member id of that generation's leader, for the logs.
+    last_leader: String,
 }
 
 impl MemberTask {
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let mut backoff = Backoff::unbounded();
+        let mut unassigned_rounds = 0u32;
+        let mut waiting_since = Instant::now();
         loop {
             let joined = tokio::select! {
                 joined = self.join_and_sync() => joined,
@@ -306,84 +381,236 @@ impl MemberTask {
                     return self.finish(command).await;
                 }
             };
-            match joined {
-                Ok(partitions) => {
-                    backoff.reset();
-                    let generation = {
-                        let mut state = self.state.lock().expect("membership lock");
-                        state.assigned = partitions.clone();
-                        state.stable = true;
-                        state.generation
-                    };
-                    tracing::info!(group = %self.config.group_id, generation, partitions = partitions.len(), "assigned");
-                    let _ = self.events.send(GroupEvent::Assigned {
-                        generation,
-                        partitions,
-                    });
-                }
+            let joined = match joined {
+                Ok(joined) => joined,
                 Err(e) => {
-                    self.recover_from(&e).await;
-                    if !matches!(e.protocol(), Some(ResponseError::RebalanceInProgress)) {
-                        tracing::warn!(group = %self.config.group_id, error = %e, "join failed, retrying");
-                        backoff.wait().await;
+                    let fenced = matches!(e.protocol(), Some(ResponseError::FencedInstanceId));
+                    if let Some(command) = self.after_failed_join(&e, &mut commands).await {
+                        return self.finish(Some(command)).await;
+                    }
+                    if fenced {
+                        return self.fenced();
+                    }
+                    let delay = backoff.next_delay();
+                    if matches!(e.protocol(), Some(ResponseError::RebalanceInProgress)) {
+                        // Normal once: another member started a rebalance while this one
+                        // synced. Again and again: the leader never completes the rebalance.
+                        unassigned_rounds += 1;
+                        if unassigned_rounds >= 3 {
+                            tracing::warn!(group = %self.config.group_id, leader = %self.last_leader, rounds = unassigned_rounds, since = ?waiting_since.elapsed(), "still no assignment: the group's leader has not completed the rebalance; rejoining (a leader that left mid-rebalance strands a nisshi 0.7 group until its session expires or the broker restarts)");
+                        } else {
+                            tracing::debug!(group = %self.config.group_id, error = %e, retry_in = ?delay, "the group is rebalancing again, rejoining");
+                        }
+                    } else {
+                        tracing::warn!(group = %self.config.group_id, error = %e, retry_in = ?delay, "join failed, retrying");
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        command = commands.recv() => return self.finish(command).await,
                     }
                     continue;
                 }
+            };
+            backoff.reset();
+            unassigned_rounds = 0;
+            waiting_since = Instant::now();
+            let (revoked_any, pending) = self.take_assignment(joined, &mut commands).await;
+            if let Some(command) = pending {
+                return self.finish(Some(command)).await;
+            }
+            if revoked_any {
+                // KIP-429: what this member gave up is unowned now; a second rebalance lets
+                // the leader hand it to its new owner.
+                tracing::debug!(group = %self.config.group_id, "revoked partitions are free; rejoining so they can be reassigned");
+                continue;
             }
 
-            // A leave needs no revocation: the application committed before asking.
-            let lost = match self.stable(&mut commands).await {
+            let interruption = self.stable(&mut commands).await;
+            waiting_since = Instant::now();
+            let lost = match interruption {
                 Interruption::Leave(reply) => {
-                    return self.finish(Some(Command::Leave(reply))).await
+                    // A leave needs no revocation: the application committed before asking.
+                    return self.finish(Some(Command::Leave(reply))).await;
                 }
                 Interruption::Abandoned => return self.finish(None).await,
+                Interruption::Fenced => {
+                    if let Some(command) = self.revoke_everything(true, &mut commands).await {
+                        return self.finish(Some(command)).await;
+                    }
+                    return self.fenced();
+                }
                 Interruption::Rebalance => false,
                 Interruption::Lost => true,
             };
-            if let Some(command) = self.revoke(lost, &mut commands).await {
-                return self.finish(Some(command)).await;
+            self.state.lock().expect("membership lock").stable = false;
+            if lost || !self.cooperative() {
+                if let Some(command) = self.revoke_everything(lost, &mut commands).await {
+                    return self.finish(Some(command)).await;
+                }
             }
             if lost {
                 tracing::warn!(group = %self.config.group_id, "membership lost, rejoining as a new member");
-                self.previous.clear();
-                self.state
-                    .lock()
-                    .expect("membership lock")
-                    .member_id
-                    .clear();
+                self.forget_membership();
             } else {
-                tracing::info!(group = %self.config.group_id, "rebalance, rejoining");
+                tracing::info!(group = %self.config.group_id, cooperative = self.cooperative(), owned = self.owned.len(), "rebalance, rejoining");
             }
         }
     }
 
-    /// Heartbeats until something needs a rejoin or the application wants to leave.
+    /// Whether the group's current generation uses the incremental cooperative protocol.
+    fn cooperative(&self) -> bool {
+        self.protocol().is_some_and(Assignor::is_cooperative)
+    }
+
+    fn protocol(&self) -> Option<Assignor> {
+        self.state.lock().expect("membership lock").protocol
+    }
+
+    /// Applies a new assignment: under the cooperative protocol, first revokes what it no
+    /// longer contains. Returns whether anything was revoked, and a leave asked for meanwhile.
+    async fn take_assignment(
+        &mut self,
+        joined: Joined,
+        commands: &mut mpsc::Receiver<Command>,
+    ) -> (bool, Option<Command>) {
+        let new: BTreeSet<&TopicPartition> = joined.partitions.iter().collect();
+        let current = self.state.lock().expect("membership lock").assigned.clone();
+        let revoked: Vec<TopicPartition> = current
+            .iter()
+            .filter(|tp| !new.contains(tp))
+            .cloned()
+            .collect();
+        if !revoked.is_empty() {
+            // Only the cooperative protocol gets here with partitions still owned.
+            let kept: Vec<TopicPartition> = current
+                .iter()
+                .filter(|tp| new.contains(tp))
+                .cloned()
+                .collect();
+            self.state.lock().expect("membership lock").assigned = kept.clone();
+            self.owned = kept;
+            if let Revoked::Leaving(command) = self.revoke(revoked.clone(), false, commands).await {
+                return (true, Some(command));
+            }
+        }
+        let before: BTreeSet<TopicPartition> = current.into_iter().collect();
+        let added: Vec<TopicPartition> = joined
+            .partitions
+            .iter()
+            .filter(|tp| !before.contains(tp))
+            .cloned()
+            .collect();
+        {
+            let mut state = self.state.lock().expect("membership lock");
+            state.assigned = joined.partitions.clone();
+            state.stable = revoked.is_empty();
+        }
+        self.owned = joined.partitions.clone();
+        self.owned_generation = joined.generation;
+        tracing::info!(
+            group = %self.config.group_id,
+            generation = joined.generation,
+            assignor = joined.assignor.protocol_name(),
+            partitions = joined.partitions.len(),
+            added = added.len(),
+            revoked = revoked.len(),
+            "assigned"
+        );
+        let _ = self.events.send(GroupEvent::Assigned {
+            generation: joined.generation,
+            partitions: joined.partitions,
+            added,
+        });
+        (!revoked.is_empty(), None)
+    }
+
+    /// After a failed JoinGroup/SyncGroup: reconnect or forget the member id as the error
+    /// says, and give up the partitions still owned (cooperative protocol) once the
+    /// coordinator has certainly dropped this member.
+    async fn after_failed_join(
+        &mut self,
+        error: &Error,
+        commands: &mut mpsc::Receiver<Command>,
+    ) -> Option<Command> {
+        self.recover_from(error).await;
+        let dropped = matches!(
+            error.protocol(),
+            Some(
+                ResponseError::UnknownMemberId
+                    | ResponseError::IllegalGeneration
+                    | ResponseError::FencedInstanceId
+            )
+        ) || self.last_contact.elapsed() > self.config.session_timeout;
+        let owns_something = !self
+            .state
+            .lock()
+            .expect("membership lock")
+            .assigned
+            .is_empty();
+        if dropped && owns_something {
+            tracing::warn!(group = %self.config.group_id, error = %error, "no longer a member of the group: the partitions it owned are lost");
+            let command = self.revoke_everything(true, commands).await;
+            self.forget_membership();
+            return command;
+        }
+        None
+    }
+
+    fn forget_membership(&mut self) {
+        self.owned.clear();
+        self.owned_generation = -1;
+        let mut state = self.state.lock().expect("membership lock");
+        state.member_id.clear();
+        state.generation = -1;
+    }
+
+    fn fenced(self) {
+        tracing::error!(group = %self.config.group_id, instance = ?self.config.group_instance_id, "another member joined with this group instance id: this one is fenced and stops");
+        // Dropping the task (and its event sender) ends the application's event stream.
+    }
+
+    /// Heartbeats until something needs a rejoin or the application wants to leave; also
+    /// watches the subscribed topics for added partitions.
     async fn stable(&mut self, commands: &mut mpsc::Receiver<Command>) -> Interruption {
-        let mut last_ok = Instant::now();
         let mut ticker = tokio::time::interval_at(
             tokio::time::Instant::now() + self.config.heartbeat_interval,
             self.config.heartbeat_interval,
         );
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut metadata_check = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.config.metadata_refresh,
+            self.config.metadata_refresh,
+        );
+        metadata_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = ticker.tick() => match self.heartbeat().await {
-                    Ok(()) => last_ok = Instant::now(),
+                    Ok(()) => self.last_contact = Instant::now(),
                     Err(e) => match e.protocol() {
-                        Some(ResponseError::RebalanceInProgress) => return Interruption::Rebalance,
-                        Some(ResponseError::UnknownMemberId | ResponseError::IllegalGeneration | ResponseError::FencedInstanceId) => {
+                        Some(ResponseError::RebalanceInProgress) => {
+                            tracing::debug!(group = %self.config.group_id, "heartbeat: the group is rebalancing");
+                            return Interruption::Rebalance;
+                        }
+                        Some(ResponseError::FencedInstanceId) => return Interruption::Fenced,
+                        Some(ResponseError::UnknownMemberId | ResponseError::IllegalGeneration) => {
+                            tracing::debug!(group = %self.config.group_id, error = %e, "heartbeat: the coordinator dropped this member");
                             return Interruption::Lost
                         }
                         _ => {
                             tracing::warn!(group = %self.config.group_id, error = %e, "heartbeat failed");
                             self.recover_from(&e).await;
-                            if last_ok.elapsed() > self.config.session_timeout {
+                            if self.last_contact.elapsed() > self.config.session_timeout {
                                 // The coordinator has certainly dropped us by now.
                                 return Interruption::Lost;
                             }
                         }
                     },
                 },
+                _ = metadata_check.tick() => {
+                    if self.partitions_changed().await {
+                        return Interruption::Rebalance;
+                    }
+                }
                 command = commands.recv() => return match command {
                     Some(Command::Leave(reply)) => Interruption::Leave(reply),
                     None => Interruption::Abandoned,
@@ -392,10 +619,29 @@ impl MemberTask {
         }
     }
 
-    /// Tells the application to let go of its partitions and waits until it did (or the
-    /// rebalance timeout passed), heartbeating meanwhile so the session stays alive. A leave
-    /// asked for during the wait is returned to be handled after.
-    async fn revoke(
+    /// Whether a subscribed topic's partition count differs from the last check (the first
+    /// check only records it). A failed check changes nothing.
+    async fn partitions_changed(&mut self) -> bool {
+        let counts = match self.admin.cluster.metadata(&self.config.topics).await {
+            Ok(metadata) => metadata
+                .topics
+                .iter()
+                .map(|(topic, partitions)| (topic.clone(), partitions.len()))
+                .collect::<BTreeMap<_, _>>(),
+            Err(e) => {
+                tracing::debug!(group = %self.config.group_id, error = %e, "cannot check the topics' partitions");
+                return false;
+            }
+        };
+        let changed = !self.partition_counts.is_empty() && counts != self.partition_counts;
+        if changed {
+            tracing::info!(group = %self.config.group_id, before = ?self.partition_counts, now = ?counts, "the subscribed topics' partitions changed; rejoining so they are assigned");
+        }
+        self.partition_counts = counts;
+        changed
+    }
+
+    async fn revoke_everything(
         &mut self,
         lost: bool,
         commands: &mut mpsc::Receiver<Command>,
@@ -405,10 +651,25 @@ impl MemberTask {
             state.stable = false;
             std::mem::take(&mut state.assigned)
         };
-        self.previous = partitions.clone();
-        if partitions.is_empty() {
-            return None;
+        match self.revoke(partitions, lost, commands).await {
+            Revoked::Done => None,
+            Revoked::Leaving(command) => Some(command),
         }
+    }
+
+    /// Tells the application to let go of `partitions` and waits until it did (or the
+    /// rebalance timeout passed), heartbeating meanwhile so the session stays alive. A leave
+    /// asked for meanwhile ends the wait: the application is done with every partition.
+    async fn revoke(
+        &mut self,
+        partitions: Vec<TopicPartition>,
+        lost: bool,
+        commands: &mut mpsc::Receiver<Command>,
+    ) -> Revoked {
+        if partitions.is_empty() {
+            return Revoked::Done;
+        }
+        tracing::debug!(group = %self.config.group_id, partitions = ?partitions, lost, "revoking; waiting for the application to let go");
         let (ack, acked) = oneshot::channel();
         let revocation = Revocation {
             partitions,
@@ -416,34 +677,49 @@ impl MemberTask {
             ack: Some(ack),
         };
         if self.events.send(GroupEvent::Revoked(revocation)).is_err() {
-            return None;
+            return Revoked::Done;
         }
+        let started = Instant::now();
         let deadline = tokio::time::sleep(self.config.rebalance_timeout);
         tokio::pin!(deadline);
         tokio::pin!(acked);
         let mut ticker = tokio::time::interval(self.config.heartbeat_interval);
-        let mut pending = None;
         loop {
             tokio::select! {
-                _ = &mut acked => return pending,
+                _ = &mut acked => {
+                    tracing::debug!(group = %self.config.group_id, took = ?started.elapsed(), "revocation done");
+                    return Revoked::Done;
+                }
                 () = &mut deadline => {
                     tracing::warn!(group = %self.config.group_id, "application did not finish revocation within the rebalance timeout");
-                    return pending;
+                    return Revoked::Done;
                 }
                 _ = ticker.tick(), if !lost => {
-                    // Errors here are expected (the group is rebalancing); only the session
-                    // matters.
-                    let _ = self.heartbeat().await;
+                    // Errors here are expected (the group may be rebalancing); only the
+                    // session matters.
+                    if let Err(e) = self.heartbeat().await {
+                        tracing::debug!(group = %self.config.group_id, error = %e, "heartbeat while revoking");
+                    }
                 }
-                command = commands.recv(), if pending.is_none() => {
-                    pending = command;
+                command = commands.recv() => {
+                    tracing::debug!(group = %self.config.group_id, "leaving while a revocation was pending");
+                    return match command {
+                        Some(command) => Revoked::Leaving(command),
+                        // Every handle is gone: nobody will acknowledge.
+                        None => Revoked::Done,
+                    };
                 }
             }
         }
     }
 
     async fn finish(mut self, command: Option<Command>) {
-        let result = self.leave_group().await;
+        let result = if self.safe_to_leave().await {
+            self.leave_group().await
+        } else {
+            tracing::info!(group = %self.config.group_id, session_timeout = ?self.config.session_timeout, "stopping without LeaveGroup: this member leads a rebalance in progress; the coordinator drops it after the session timeout");
+            Ok(())
+        };
         if let Err(e) = &result {
             tracing::warn!(group = %self.config.group_id, error = %e, "leave failed; the coordinator drops the member after the session timeout");
         }
@@ -452,10 +728,30 @@ impl MemberTask {
         }
     }
 
+    /// Whether a LeaveGroup cannot strand the group. A leader that leaves in the middle of a
+    /// rebalance would, on nisshi 0.7: its leave there does not clear the group's leader, so
+    /// every member that joins afterwards waits for an assignment that never comes (the
+    /// scale-down stall). Letting the session expire does clear it. Only the leader of the
+    /// last generation (or a member that cannot know it is not the leader) mid-rebalance
+    /// stays silent; a stable leader makes sure with one more heartbeat.
+    async fn safe_to_leave(&mut self) -> bool {
+        if self.leader == Some(false) {
+            return true;
+        }
+        if !self.state.lock().expect("membership lock").stable {
+            return false;
+        }
+        !matches!(
+            self.heartbeat().await.err().and_then(|e| e.protocol()),
+            Some(ResponseError::RebalanceInProgress)
+        )
+    }
+
     async fn coordinator(&mut self) -> Result<&Connection> {
         let usable = self.connection.as_ref().is_some_and(|c| !c.is_broken());
         if !usable {
             let address = self.admin.coordinator(&self.config.group_id).await?;
+            tracing::debug!(group = %self.config.group_id, coordinator = %address, "connecting to the coordinator");
             self.connection = Some(self.admin.cluster.dedicated(&address).await?);
         }
         Ok(self.connection.as_ref().expect("just connected"))
@@ -465,6 +761,7 @@ impl MemberTask {
     /// the member id when the coordinator does not know it.
     async fn recover_from(&mut self, error: &Error) {
         if coordinator_trouble(error) {
+            tracing::debug!(group = %self.config.group_id, error = %error, "looking for the coordinator again");
             self.connection = None;
             self.admin.forget_coordinator(&self.config.group_id).await;
         }
@@ -481,14 +778,22 @@ impl MemberTask {
         GroupId(StrBytes::from_string(self.config.group_id.clone()))
     }
 
+    fn instance_id(&self) -> Option<StrBytes> {
+        self.config
+            .group_instance_id
+            .clone()
+            .map(StrBytes::from_string)
+    }
+
     fn member(&self) -> (String, i32) {
         let state = self.state.lock().expect("membership lock");
         (state.member_id.clone(), state.generation)
     }
 
-    async fn join_and_sync(&mut self) -> Result<Vec<TopicPartition>> {
+    async fn join_and_sync(&mut self) -> Result<Joined> {
         let group_id = self.group_id();
-        let metadata = encode_subscription(&self.config.topics, &self.previous);
+        let metadata =
+            encode_subscription(&self.config.topics, &self.owned, self.owned_generation);
         let protocols: Vec<JoinGroupRequestProtocol> = self
             .config
             .assignors
@@ -509,14 +814,23 @@ impl MemberTask {
                 .with_group_id(group_id.clone())
                 .with_session_timeout_ms(session_ms)
                 .with_rebalance_timeout_ms(rebalance_ms)
-                .with_member_id(StrBytes::from_string(member_id))
+                .with_member_id(StrBytes::from_string(member_id.clone()))
+                .with_group_instance_id(self.instance_id())
                 .with_protocol_type(StrBytes::from_static_str("consumer"))
-                .with_protocols(protocols.clone());
+                .with_protocols(protocols.clone())
+                .with_reason(Some(StrBytes::from_static_str("joining or rebalancing")));
+            let static_member = self.config.group_instance_id.is_some();
+            tracing::debug!(group = %self.config.group_id, member = %member_id, owned = self.owned.len(), "JoinGroup sent; the coordinator answers once the members have rejoined");
             let connection = self.coordinator().await?;
-            let version = connection.version::<JoinGroupRequest>(1..=9)?;
+            // Static membership needs JoinGroup v5; without it the broker would treat the
+            // member as dynamic, silently.
+            let version =
+                connection.version::<JoinGroupRequest>(if static_member { 5..=9 } else { 1..=9 })?;
+            let started = Instant::now();
             let response = connection
                 .send_with_version(&request, version, join_timeout)
                 .await?;
+            tracing::debug!(group = %self.config.group_id, waited = ?started.elapsed(), error = response.error_code, generation = response.generation_id, version, "JoinGroup answered");
             match protocol_error(response.error_code) {
                 None => break response,
                 // Since JoinGroup v4 the coordinator first hands out a member id, then expects
@@ -533,6 +847,7 @@ impl MemberTask {
                 }
             }
         };
+        self.last_contact = Instant::now();
 
         let member_id = joined.member_id.to_string();
         let protocol = joined
@@ -540,22 +855,30 @@ impl MemberTask {
             .as_ref()
             .map(|p| p.to_string())
             .unwrap_or_default();
+        let assignor = Assignor::from_protocol_name(&protocol)
+            .ok_or_else(|| Error::Unsupported(format!("the group chose assignor {protocol:?}")))?;
         {
             let mut state = self.state.lock().expect("membership lock");
             state.member_id = member_id.clone();
             state.generation = joined.generation_id;
         }
-        let assignments = if joined.leader.as_str() == member_id {
-            self.lead(&protocol, &joined.members).await?
+        let leader = joined.leader.as_str() == member_id;
+        self.leader = Some(leader);
+        self.last_leader = joined.leader.to_string();
+        // A static leader that rejoined a stable group gets `skip_assignment`: the group
+        // keeps its assignment, the leader only syncs.
+        let assignments = if leader && !joined.skip_assignment {
+            self.lead(assignor, &joined.members).await?
         } else {
             Vec::new()
         };
-        tracing::debug!(group = %self.config.group_id, generation = joined.generation_id, leader = joined.leader.as_str() == member_id, %protocol, "joined");
+        tracing::debug!(group = %self.config.group_id, generation = joined.generation_id, leader, %protocol, "joined; SyncGroup sent");
 
         let request = SyncGroupRequest::default()
             .with_group_id(group_id)
             .with_generation_id(joined.generation_id)
             .with_member_id(StrBytes::from_string(member_id))
+            .with_group_instance_id(self.instance_id())
             .with_protocol_type(Some(StrBytes::from_static_str("consumer")))
             .with_protocol_name(Some(StrBytes::from_string(protocol)))
             .with_assignments(assignments);
@@ -565,17 +888,21 @@ impl MemberTask {
             .send_with_version(&request, version, join_timeout)
             .await?;
         check("SyncGroup", response.error_code)?;
-        decode_assignment(&response.assignment)
+        self.last_contact = Instant::now();
+        self.state.lock().expect("membership lock").protocol = Some(assignor);
+        Ok(Joined {
+            generation: joined.generation_id,
+            assignor,
+            partitions: decode_assignment(&response.assignment)?,
+        })
     }
 
     /// The leader's job: decode every member's subscription and compute the assignment.
     async fn lead(
-        &self,
-        protocol: &str,
+        &mut self,
+        assignor: Assignor,
         members: &[kafka_protocol::messages::join_group_response::JoinGroupResponseMember],
     ) -> Result<Vec<SyncGroupRequestAssignment>> {
-        let assignor = Assignor::from_protocol_name(protocol)
-            .ok_or_else(|| Error::Unsupported(format!("the group chose assignor {protocol:?}")))?;
         let subscriptions = members
             .iter()
             .map(|m| {
@@ -599,8 +926,13 @@ impl MemberTask {
             .iter()
             .map(|(t, ps)| (t.clone(), ps.len() as i32))
             .collect();
+        self.partition_counts = counts
+            .iter()
+            .filter(|(t, _)| self.config.topics.contains(t))
+            .map(|(t, n)| (t.clone(), *n as usize))
+            .collect();
         let plan = assignor.assign(&subscriptions, &counts);
-        tracing::info!(group = %self.config.group_id, members = members.len(), assignor = protocol, "leader assigned partitions");
+        tracing::info!(group = %self.config.group_id, members = members.len(), assignor = assignor.protocol_name(), "leader assigned partitions");
         Ok(plan
             .into_iter()
             .map(|(member, partitions)| {
@@ -616,7 +948,8 @@ impl MemberTask {
         let request = HeartbeatRequest::default()
             .with_group_id(self.group_id())
             .with_generation_id(generation)
-            .with_member_id(StrBytes::from_string(member_id));
+            .with_member_id(StrBytes::from_string(member_id))
+            .with_group_instance_id(self.instance_id());
         let connection = self.coordinator().await?;
         let version = connection.version::<HeartbeatRequest>(0..=4)?;
         let response = connection.send(&request, version).await?;
@@ -629,12 +962,14 @@ impl MemberTask {
             return Ok(());
         }
         let group_id = self.group_id();
+        let instance_id = self.instance_id();
         let connection = self.coordinator().await?;
         let version = connection.version::<LeaveGroupRequest>(0..=5)?;
         let mut request = LeaveGroupRequest::default().with_group_id(group_id);
         if version >= 3 {
             request = request.with_members(vec![MemberIdentity::default()
                 .with_member_id(StrBytes::from_string(member_id))
+                .with_group_instance_id(instance_id)
                 .with_reason(Some(StrBytes::from_static_str("the application left")))]);
         } else {
             request = request.with_member_id(StrBytes::from_string(member_id));

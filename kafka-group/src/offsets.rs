@@ -79,6 +79,24 @@ pub struct GroupAdmin {
     coordinators: Arc<Mutex<BTreeMap<String, String>>>,
 }
 
+/// Who commits: a member of a generation (a static one with its instance id), or nobody.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct MemberIdentity {
+    pub member_id: String,
+    pub generation: i32,
+    pub instance_id: Option<String>,
+}
+
+impl MemberIdentity {
+    /// Generation -1 and no member id: a commit for a group without active members.
+    pub fn none() -> Self {
+        Self {
+            generation: -1,
+            ..Self::default()
+        }
+    }
+}
+
 const COMMIT_VERSIONS: std::ops::RangeInclusive<i16> = 2..=8;
 
 impl GroupAdmin {
@@ -154,8 +172,7 @@ impl GroupAdmin {
     pub(crate) async fn commit_as(
         &self,
         group_id: &str,
-        generation: i32,
-        member_id: &str,
+        member: &MemberIdentity,
         offsets: &BTreeMap<TopicPartition, i64>,
     ) -> Result<()> {
         let mut by_topic: BTreeMap<&str, Vec<(i32, i64)>> = BTreeMap::new();
@@ -167,8 +184,9 @@ impl GroupAdmin {
         }
         let request = OffsetCommitRequest::default()
             .with_group_id(GroupId(StrBytes::from_string(group_id.to_string())))
-            .with_generation_id_or_member_epoch(generation)
-            .with_member_id(StrBytes::from_string(member_id.to_string()))
+            .with_generation_id_or_member_epoch(member.generation)
+            .with_member_id(StrBytes::from_string(member.member_id.clone()))
+            .with_group_instance_id(member.instance_id.clone().map(StrBytes::from_string))
             .with_retention_time_ms(-1)
             .with_topics(
                 by_topic
@@ -214,7 +232,7 @@ impl GroupAdmin {
         group_id: &str,
         offsets: &BTreeMap<TopicPartition, i64>,
     ) -> Result<()> {
-        self.commit_as(group_id, -1, "", offsets).await
+        self.commit_as(group_id, &MemberIdentity::none(), offsets).await
     }
 
     /// The end offset (latest) of every partition of `topic`, asked of each partition's leader.

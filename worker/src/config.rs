@@ -3,6 +3,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
+use kafka_group::{Assignor, GroupConfig};
 use purchase::config::{parse_duration, ConsumerGroupArgs, KafkaArgs, MongoArgs, TelemetryArgs};
 
 #[derive(Debug, Clone, Parser)]
@@ -49,8 +50,10 @@ pub struct WorkerConfig {
 /// false alarms on a busy node.
 #[derive(Debug, Clone, clap::Args)]
 pub struct MembershipArgs {
-    /// The coordinator drops a worker that has not heartbeated for this long.
-    #[arg(id = "kafka-session-timeout", long = "kafka-session-timeout", env = "KAFKA_SESSION_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    /// The coordinator drops a worker that has not heartbeated for this long. The group's
+    /// first member fixes it for the group on some brokers (nisshi), which also hold every
+    /// JoinGroup for half of it: a short session is a fast start.
+    #[arg(id = "kafka-session-timeout", long = "kafka-session-timeout", env = "KAFKA_SESSION_TIMEOUT", default_value = "6s", value_parser = parse_duration)]
     pub session_timeout: Duration,
 
     /// How long a rebalance waits for members to rejoin (and for this worker to flush).
@@ -59,6 +62,55 @@ pub struct MembershipArgs {
 
     #[arg(id = "kafka-heartbeat-interval", long = "kafka-heartbeat-interval", env = "KAFKA_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub heartbeat_interval: Duration,
+
+    /// Static membership (KIP-345): a stable name for this worker, unique in the group (the
+    /// manifests use the pod name). A worker that crashes and comes back under the same
+    /// name within the session timeout takes its place back without a rebalance.
+    #[arg(id = "kafka-group-instance-id", long = "kafka-group-instance-id", env = "KAFKA_GROUP_INSTANCE_ID", value_parser = non_empty)]
+    pub group_instance_id: Option<String>,
+
+    /// Assignors offered, in order of preference: `cooperative-sticky` (incremental: only
+    /// partitions that move pause), `rskafka-sticky` and `range` (eager: every partition
+    /// pauses during a rebalance; for groups with older workers or other clients).
+    #[arg(id = "kafka-assignors", long = "kafka-assignors", env = "KAFKA_ASSIGNORS", value_delimiter = ',', default_value = "cooperative-sticky,rskafka-sticky,range", value_parser = parse_assignor)]
+    pub assignors: Vec<Assignor>,
+
+    /// How often the topic's partition count is checked, so partitions added to it are
+    /// assigned without waiting for a worker to join or leave.
+    #[arg(id = "kafka-metadata-refresh", long = "kafka-metadata-refresh", env = "KAFKA_METADATA_REFRESH", default_value = "30s", value_parser = parse_duration)]
+    pub metadata_refresh: Duration,
+}
+
+fn parse_assignor(name: &str) -> Result<Assignor, String> {
+    Assignor::from_protocol_name(name).ok_or_else(|| {
+        format!("unknown assignor {name:?}: use cooperative-sticky, rskafka-sticky or range")
+    })
+}
+
+fn non_empty(value: &str) -> Result<String, String> {
+    match value.trim() {
+        "" => Err("must not be empty (leave it unset for a dynamic member)".into()),
+        value => Ok(value.to_string()),
+    }
+}
+
+impl WorkerConfig {
+    /// The consumer group membership these settings describe.
+    pub fn group_config(&self) -> GroupConfig {
+        let mut group = GroupConfig::new(
+            self.kafka.events.brokers.clone(),
+            self.group.group_id.clone(),
+            vec![self.kafka.events.topic.clone()],
+        );
+        group.client_id = self.kafka.client_id.clone();
+        group.group_instance_id = self.membership.group_instance_id.clone();
+        group.session_timeout = self.membership.session_timeout;
+        group.rebalance_timeout = self.membership.rebalance_timeout;
+        group.heartbeat_interval = self.membership.heartbeat_interval;
+        group.metadata_refresh = self.membership.metadata_refresh;
+        group.assignors = self.membership.assignors.clone();
+        group
+    }
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -94,5 +146,35 @@ mod tests {
     #[test]
     fn every_flag_is_unique_and_well_formed() {
         WorkerConfig::command().debug_assert();
+    }
+
+    #[test]
+    fn the_group_settings_come_from_the_flags() {
+        let config = WorkerConfig::try_parse_from([
+            "worker",
+            "--kafka-group-instance-id=worker-7",
+            "--kafka-assignors=range,cooperative-sticky",
+            "--kafka-session-timeout=8s",
+        ])
+        .unwrap();
+        let group = config.group_config();
+        assert_eq!(group.group_instance_id.as_deref(), Some("worker-7"));
+        assert_eq!(
+            group.assignors,
+            [Assignor::Range, Assignor::CooperativeSticky]
+        );
+        assert_eq!(group.session_timeout, Duration::from_secs(8));
+    }
+
+    #[test]
+    fn an_unknown_assignor_or_an_empty_instance_id_is_refused_with_the_fix() {
+        let error = WorkerConfig::try_parse_from(["worker", "--kafka-assignors=sticky"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("use cooperative-sticky, rskafka-sticky or range"), "{error}");
+        let error = WorkerConfig::try_parse_from(["worker", "--kafka-group-instance-id= "])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("must not be empty"), "{error}");
     }
 }

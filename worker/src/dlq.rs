@@ -8,7 +8,7 @@ use rskafka::{
     record::Record,
 };
 
-use crate::sink::Fetched;
+use crate::record::PoisonRecord;
 
 pub struct DeadLetters {
     /// One client per partition of the dead-letter topic.
@@ -29,19 +29,16 @@ impl DeadLetters {
     }
 
     /// Produces the poison records, each to the dead-letter partition of its source partition.
-    pub async fn send(&self, poison: &[Fetched]) -> Result<(), rskafka::client::error::Error> {
+    pub async fn send(&self, poison: &[PoisonRecord]) -> Result<(), rskafka::client::error::Error> {
         let mut by_partition: BTreeMap<usize, Vec<Record>> = BTreeMap::new();
-        for record in poison {
-            let Fetched::Poison {
-                partition,
-                offset,
-                key,
-                value,
-                reason,
-            } = record
-            else {
-                continue;
-            };
+        for PoisonRecord {
+            partition,
+            offset,
+            key,
+            value,
+            reason,
+        } in poison
+        {
             let target = (*partition as usize) % self.partitions.len();
             by_partition.entry(target).or_default().push(Record {
                 key: key.clone(),

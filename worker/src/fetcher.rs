@@ -1,27 +1,202 @@
-//! One fetch loop per assigned partition: reads records with rskafka from the group's
-//! committed offset, decodes them, and hands them to the sink in order. A full sink channel
-//! (the database is slow or down) pauses fetching.
+//! Fetching: one fetch loop per owned partition, reading records with rskafka from the
+//! group's committed offset, decoding them and handing them to the sink in order (a full sink
+//! channel, when the database is slow or down, pauses fetching); and [`Fetchers`], the
+//! partition lifecycle the group's assignments and revocations drive.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use kafka_group::OffsetReset;
+use kafka_group::{Backoff, GroupMember, OffsetReset, Revocation, TopicPartition};
 use purchase::{PurchaseDocument, PurchaseEvent};
 use rskafka::client::{
     error::{Error as KafkaError, ProtocolError},
-    partition::{OffsetAt, PartitionClient},
+    partition::{OffsetAt, PartitionClient, UnknownTopicHandling},
+    Client,
 };
-use tokio::sync::mpsc;
+use tokio::{
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     metrics::Metrics,
-    sink::{Fetched, FetchedBatch, SinkMessage},
+    record::{Fetched, FetchedBatch, PoisonRecord, SinkMessage},
 };
 
 pub struct FetchSettings {
     pub max_bytes: i32,
     pub max_wait: Duration,
     pub reset: OffsetReset,
+}
+
+/// The fetch loops of the partitions this worker owns.
+pub struct Fetchers {
+    kafka: Client,
+    topic: String,
+    member: Arc<GroupMember>,
+    settings: Arc<FetchSettings>,
+    sink: mpsc::Sender<SinkMessage>,
+    metrics: Arc<Metrics>,
+    clients: BTreeMap<i32, Arc<PartitionClient>>,
+    running: BTreeMap<i32, (CancellationToken, JoinHandle<()>)>,
+}
+
+impl Fetchers {
+    pub fn new(
+        kafka: Client,
+        topic: String,
+        member: Arc<GroupMember>,
+        settings: FetchSettings,
+        sink: mpsc::Sender<SinkMessage>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            kafka,
+            topic,
+            member,
+            settings: Arc::new(settings),
+            sink,
+            metrics,
+            clients: BTreeMap::new(),
+            running: BTreeMap::new(),
+        }
+    }
+
+    /// Starts fetching each of `partitions` that is not fetched yet, from the group's
+    /// committed offset (or the reset policy).
+    pub async fn start(&mut self, partitions: &[TopicPartition], shutdown: &CancellationToken) {
+        let partitions: Vec<TopicPartition> = partitions
+            .iter()
+            .filter(|tp| !self.running.contains_key(&tp.partition))
+            .cloned()
+            .collect();
+        if partitions.is_empty() {
+            return;
+        }
+        let Some(committed) = self.committed(&partitions, shutdown).await else {
+            return;
+        };
+        for tp in &partitions {
+            let client = match self.partition_client(tp.partition).await {
+                Ok(client) => client,
+                Err(e) => {
+                    tracing::error!(partition = tp.partition, error = %e, "cannot reach the partition leader; its records wait for the next assignment");
+                    continue;
+                }
+            };
+            let offset = match committed.get(tp).copied().flatten() {
+                Some(offset) => offset,
+                None => match reset_offset(&client, self.settings.reset).await {
+                    Ok(offset) => offset,
+                    Err(e) => {
+                        tracing::error!(partition = tp.partition, error = %e, "cannot find the start offset");
+                        continue;
+                    }
+                },
+            };
+            tracing::debug!(partition = tp.partition, offset, "fetching");
+            let stop = CancellationToken::new();
+            let task = tokio::spawn(fetch_partition(
+                client,
+                offset,
+                Arc::clone(&self.settings),
+                self.sink.clone(),
+                stop.clone(),
+                Arc::clone(&self.metrics),
+            ));
+            self.running.insert(tp.partition, (stop, task));
+        }
+        self.metrics
+            .assigned_partitions
+            .set(self.running.len() as i64);
+    }
+
+    /// Revocation: stop fetching the partitions, write and commit what was read from them,
+    /// then let them go. The other partitions keep fetching throughout.
+    pub async fn release(&mut self, revocation: Revocation) {
+        let partitions: Vec<i32> = revocation
+            .partitions
+            .iter()
+            .map(|tp| tp.partition)
+            .collect();
+        tracing::info!(?partitions, lost = revocation.lost, "revoked");
+        self.stop(&partitions).await;
+        // Even when the membership was lost the writes are worth finishing: they are
+        // idempotent, and only the commit will be refused.
+        self.flush(partitions).await;
+        self.metrics
+            .assigned_partitions
+            .set(self.running.len() as i64);
+        revocation.done();
+    }
+
+    /// Shutdown: stop every fetcher, then write and commit everything fetched.
+    pub async fn drain(&mut self) {
+        let partitions: Vec<i32> = self.running.keys().copied().collect();
+        self.stop(&partitions).await;
+        self.flush(partitions).await;
+        self.metrics.assigned_partitions.set(0);
+    }
+
+    /// The group's committed offsets, retried until they are known or shutdown.
+    async fn committed(
+        &self,
+        partitions: &[TopicPartition],
+        shutdown: &CancellationToken,
+    ) -> Option<BTreeMap<TopicPartition, Option<i64>>> {
+        let mut backoff = Backoff::unbounded();
+        loop {
+            match self.member.committed(partitions).await {
+                Ok(committed) => return Some(committed),
+                Err(e) => tracing::warn!(error = %e, "cannot read committed offsets yet"),
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return None,
+                () = tokio::time::sleep(backoff.next_delay()) => {}
+            }
+        }
+    }
+
+    async fn partition_client(&mut self, partition: i32) -> Result<Arc<PartitionClient>, KafkaError> {
+        if let Some(client) = self.clients.get(&partition) {
+            return Ok(Arc::clone(client));
+        }
+        let client = Arc::new(
+            self.kafka
+                .partition_client(self.topic.clone(), partition, UnknownTopicHandling::Retry)
+                .await?,
+        );
+        self.clients.insert(partition, Arc::clone(&client));
+        Ok(client)
+    }
+
+    /// Stops the fetchers of `partitions` and waits until they have, so that everything they
+    /// fetched is in the sink's queue before anything sent after.
+    async fn stop(&mut self, partitions: &[i32]) {
+        let mut stopped = Vec::new();
+        for partition in partitions {
+            if let Some((stop, task)) = self.running.remove(partition) {
+                stop.cancel();
+                stopped.push(task);
+            }
+        }
+        for task in stopped {
+            let _ = task.await;
+        }
+    }
+
+    /// Writes and commits everything fetched so far; afterwards the sink forgets `release`.
+    async fn flush(&self, release: Vec<i32>) {
+        let (done, flushed) = oneshot::channel();
+        if self
+            .sink
+            .send(SinkMessage::Flush { release, done })
+            .await
+            .is_ok()
+        {
+            let _ = flushed.await;
+        }
+    }
 }
 
 /// The first offset to read when the group has none committed, per the reset policy.
@@ -45,7 +220,7 @@ pub async fn fetch_partition(
 ) {
     let partition = client.partition();
     let max_wait_ms = i32::try_from(settings.max_wait.as_millis()).unwrap_or(i32::MAX);
-    let mut failures = 0u32;
+    let mut backoff = Backoff::unbounded_between(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         let fetched = tokio::select! {
             () = stop.cancelled() => return,
@@ -53,7 +228,7 @@ pub async fn fetch_partition(
         };
         let records = match fetched {
             Ok((records, _high_watermark)) => {
-                failures = 0;
+                backoff.reset();
                 records
             }
             Err(KafkaError::ServerError {
@@ -75,9 +250,8 @@ pub async fn fetch_partition(
                 continue;
             }
             Err(e) => {
-                failures += 1;
-                tracing::warn!(partition, offset, error = %e, "fetch failed");
-                let pause = Duration::from_millis(100 * u64::from(failures.min(50)));
+                let pause = backoff.next_delay();
+                tracing::warn!(partition, offset, error = %e, retry_in = ?pause, "fetch failed");
                 tokio::select! {
                     () = stop.cancelled() => return,
                     () = tokio::time::sleep(pause) => continue,
@@ -107,13 +281,13 @@ fn decode(partition: i32, fetched: rskafka::record::RecordAndOffset) -> Fetched 
     match PurchaseEvent::from_json(&value) {
         // The document is built here, in the partition's task, to keep the single sink free
         // for writing.
-        Ok(event) => Fetched::Document(PurchaseDocument::from_event(&event)),
-        Err(e) => Fetched::Poison {
+        Ok(event) => Fetched::Purchase(PurchaseDocument::from_event(&event)),
+        Err(e) => Fetched::Poison(PoisonRecord {
             partition,
             offset: fetched.offset,
             key: fetched.record.key,
             value,
             reason: e.to_string(),
-        },
+        }),
     }
 }

@@ -7,5 +7,6 @@ pub mod dlq;
 pub mod fetcher;
 pub mod metrics;
 pub mod ops;
+pub mod record;
 pub mod sink;
 pub mod startup;

@@ -2,7 +2,9 @@
 //! one unordered `insert_many` (`_id` = eventId, so a redelivered purchase is a harmless
 //! duplicate key), sends poison records to the dead-letter topic, and only then commits the
 //! offsets. A failed write is retried with backoff while the fetchers wait; no offset is ever
-//! committed past a record that is not stored.
+//! committed past a record that is not stored. A refused commit (the group was rebalancing)
+//! is carried into the next one, and retried on its own when nothing else comes, so a
+//! partition's committed offset catches up even when its traffic stops.
 
 use std::{
     collections::BTreeMap,
@@ -10,41 +12,23 @@ use std::{
     time::{Duration, Instant},
 };
 
-use kafka_group::{GroupMember, TopicPartition};
+use kafka_group::{Backoff, GroupMember, TopicPartition};
 use mongodb::{bson::Document, error::ErrorKind, Collection};
 use purchase::mongo::{is_duplicate_key, DUPLICATE_KEY};
 use tokio::{
-    sync::{mpsc, oneshot},
+    sync::mpsc,
     task::JoinHandle,
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{dlq::DeadLetters, metrics::Metrics};
+use crate::{
+    dlq::DeadLetters,
+    metrics::Metrics,
+    record::{Fetched, FetchedBatch, PoisonRecord, SinkMessage},
+};
 
-pub enum Fetched {
-    /// A valid purchase, as the document to store.
-    Document(Document),
-    Poison {
-        partition: i32,
-        offset: i64,
-        key: Option<Vec<u8>>,
-        value: Vec<u8>,
-        reason: String,
-    },
-}
-
-/// Consecutive records of one partition, ending just before `next_offset`.
-pub struct FetchedBatch {
-    pub partition: i32,
-    pub next_offset: i64,
-    pub records: Vec<Fetched>,
-}
-
-pub enum SinkMessage {
-    Records(FetchedBatch),
-    /// Write and commit everything received so far, then answer.
-    Flush(oneshot::Sender<()>),
-}
+/// Pause before a refused commit is tried again when no new batch carries it.
+const COMMIT_RETRY: Duration = Duration::from_millis(500);
 
 pub struct Sink {
     pub purchases: Collection<Document>,
@@ -61,23 +45,43 @@ pub struct Sink {
 #[derive(Default)]
 struct Pending {
     documents: Vec<Document>,
-    poison: Vec<Fetched>,
+    poison: Vec<PoisonRecord>,
     /// Next offset to read per partition, once this batch is stored.
     offsets: BTreeMap<i32, i64>,
     since: Option<Instant>,
+}
+
+/// Offsets of stored records, per partition, not yet acknowledged by the group.
+#[derive(Default)]
+struct Commits {
+    uncommitted: BTreeMap<i32, i64>,
+    /// The commit in flight: it runs while the next batch is written, and commits reach the
+    /// broker in order, as each waits for the one before.
+    in_flight: Option<JoinHandle<(BTreeMap<i32, i64>, bool)>>,
+    /// When a refused commit is due again.
+    retry_at: Option<Instant>,
 }
 
 impl Sink {
     /// Runs until every sender is gone, writing what is pending before it returns.
     pub async fn run(self, mut inbox: mpsc::Receiver<SinkMessage>) {
         let mut pending = Pending::default();
-        let mut committing = None;
+        let mut commits = Commits::default();
         loop {
-            let deadline = pending.since.map(|since| since + self.max_age);
+            let write_at = pending.since.map(|since| since + self.max_age);
             let message = tokio::select! {
                 message = inbox.recv() => message,
-                () = sleep_until(deadline), if deadline.is_some() => {
-                    self.flush(&mut pending, &mut committing).await;
+                () = sleep_until(write_at), if write_at.is_some() => {
+                    self.flush(&mut pending, &mut commits).await;
+                    continue;
+                }
+                settled = in_flight(&mut commits.in_flight), if commits.in_flight.is_some() => {
+                    commits.settle(settled);
+                    continue;
+                }
+                () = sleep_until(commits.retry_at), if commits.retry_at.is_some() => {
+                    commits.retry_at = None;
+                    self.commit(&mut commits).await;
                     continue;
                 }
             };
@@ -85,26 +89,32 @@ impl Sink {
                 Some(SinkMessage::Records(batch)) => {
                     pending.add(batch);
                     if pending.documents.len() + pending.poison.len() >= self.max_documents {
-                        self.flush(&mut pending, &mut committing).await;
+                        self.flush(&mut pending, &mut commits).await;
                     }
                 }
-                Some(SinkMessage::Flush(done)) => {
-                    self.flush(&mut pending, &mut committing).await;
-                    finish_commit(&mut committing).await;
+                Some(SinkMessage::Flush { release, done }) => {
+                    self.flush(&mut pending, &mut commits).await;
+                    commits.finish().await;
+                    if commits.has_any(&release) {
+                        // The last chance to record progress on partitions that move: one
+                        // more try, then the next owner re-reads from the last commit.
+                        self.commit(&mut commits).await;
+                        commits.finish().await;
+                    }
+                    commits.forget(&release);
                     let _ = done.send(());
                 }
                 None => {
-                    self.flush(&mut pending, &mut committing).await;
-                    finish_commit(&mut committing).await;
+                    self.flush(&mut pending, &mut commits).await;
+                    commits.finish().await;
                     return;
                 }
             }
         }
     }
 
-    /// Writes the batch, then commits its offsets. The commit runs while the next batch is
-    /// written; commits still reach the broker in order, as each waits for the one before.
-    async fn flush(&self, pending: &mut Pending, committing: &mut Option<JoinHandle<()>>) {
+    /// Writes the batch, then commits its offsets (with any refused before).
+    async fn flush(&self, pending: &mut Pending, commits: &mut Commits) {
         let batch = std::mem::take(pending);
         if batch.offsets.is_empty() {
             return;
@@ -112,20 +122,34 @@ impl Sink {
         if !self.store(batch.documents).await || !self.dead_letter(batch.poison).await {
             return;
         }
-        let offsets: BTreeMap<TopicPartition, i64> = batch
-            .offsets
-            .into_iter()
-            .map(|(p, o)| (TopicPartition::new(&self.topic, p), o))
+        commits.uncommitted.extend(batch.offsets);
+        self.commit(commits).await;
+    }
+
+    /// Starts committing everything stored and not yet acknowledged, once the commit before
+    /// has finished.
+    async fn commit(&self, commits: &mut Commits) {
+        commits.finish().await;
+        if commits.uncommitted.is_empty() {
+            return;
+        }
+        let offsets = commits.uncommitted.clone();
+        let by_partition: BTreeMap<TopicPartition, i64> = offsets
+            .iter()
+            .map(|(p, o)| (TopicPartition::new(&self.topic, *p), *o))
             .collect();
-        finish_commit(committing).await;
         let member = Arc::clone(&self.member);
         let metrics = Arc::clone(&self.metrics);
-        *committing = Some(tokio::spawn(async move {
-            if let Err(e) = member.commit(&offsets).await {
-                // The records are stored; the next owner reads them again from the last
-                // commit and finds them as duplicates.
-                metrics.commit_errors.inc();
-                tracing::warn!(error = %e, "offset commit refused; records will be redelivered");
+        commits.in_flight = Some(tokio::spawn(async move {
+            match member.commit(&by_partition).await {
+                Ok(()) => (offsets, true),
+                Err(e) => {
+                    // The records are stored; the commit is carried into the next one. If
+                    // the partition moves first, its next owner finds them as duplicates.
+                    metrics.commit_errors.inc();
+                    tracing::debug!(error = %e, "offset commit refused; retrying with the next");
+                    (offsets, false)
+                }
             }
         }));
     }
@@ -135,7 +159,7 @@ impl Sink {
         if documents.is_empty() {
             return true;
         }
-        let mut delay = Duration::from_millis(100);
+        let mut backoff = Backoff::unbounded();
         loop {
             let started = Instant::now();
             let result = self.purchases.insert_many(&documents).ordered(false).await;
@@ -151,20 +175,20 @@ impl Sink {
                 }
                 Err(e) => {
                     self.metrics.write_errors.inc();
-                    tracing::warn!(error = %e, retry_in = ?delay, documents = documents.len(), "batch write failed, fetching paused");
+                    tracing::warn!(error = %e, documents = documents.len(), "batch write failed, fetching paused");
                 }
             }
-            if !self.pause(&mut delay).await {
+            if !self.pause(&mut backoff).await {
                 return false;
             }
         }
     }
 
-    async fn dead_letter(&self, poison: Vec<Fetched>) -> bool {
+    async fn dead_letter(&self, poison: Vec<PoisonRecord>) -> bool {
         if poison.is_empty() {
             return true;
         }
-        let mut delay = Duration::from_millis(100);
+        let mut backoff = Backoff::unbounded();
         loop {
             match self.dead_letters.send(&poison).await {
                 Ok(()) => {
@@ -173,19 +197,58 @@ impl Sink {
                 }
                 Err(e) => tracing::warn!(error = %e, "dead-letter produce failed, retrying"),
             }
-            if !self.pause(&mut delay).await {
+            if !self.pause(&mut backoff).await {
                 return false;
             }
         }
     }
 
-    async fn pause(&self, delay: &mut Duration) -> bool {
+    /// Waits out one backoff step; `false` when the grace period ended first.
+    async fn pause(&self, backoff: &mut Backoff) -> bool {
         tokio::select! {
-            () = self.abandon.cancelled() => return false,
-            () = tokio::time::sleep(*delay) => {}
+            () = self.abandon.cancelled() => false,
+            () = tokio::time::sleep(backoff.next_delay()) => true,
         }
-        *delay = (*delay * 2).min(Duration::from_secs(5));
-        true
+    }
+}
+
+impl Commits {
+    /// Waits for the commit in flight and settles it: acknowledged offsets are done (unless
+    /// a newer one arrived meanwhile); a refused commit is due again soon.
+    async fn finish(&mut self) {
+        if self.in_flight.is_some() {
+            let settled = in_flight(&mut self.in_flight).await;
+            self.settle(settled);
+        }
+    }
+
+    fn settle(&mut self, settled: Option<(BTreeMap<i32, i64>, bool)>) {
+        let Some((offsets, accepted)) = settled else {
+            return;
+        };
+        if accepted {
+            for (partition, offset) in offsets {
+                if self.uncommitted.get(&partition) == Some(&offset) {
+                    self.uncommitted.remove(&partition);
+                }
+            }
+        } else {
+            self.retry_at = Some(Instant::now() + COMMIT_RETRY);
+        }
+    }
+
+    fn has_any(&self, partitions: &[i32]) -> bool {
+        partitions.iter().any(|p| self.uncommitted.contains_key(p))
+    }
+
+    /// Partitions this worker gave up: their progress is the next owner's to record.
+    fn forget(&mut self, partitions: &[i32]) {
+        for partition in partitions {
+            self.uncommitted.remove(partition);
+        }
+        if self.uncommitted.is_empty() {
+            self.retry_at = None;
+        }
     }
 }
 
@@ -195,8 +258,8 @@ impl Pending {
         self.offsets.insert(batch.partition, batch.next_offset);
         for record in batch.records {
             match record {
-                Fetched::Document(document) => self.documents.push(document),
-                poison @ Fetched::Poison { .. } => self.poison.push(poison),
+                Fetched::Purchase(document) => self.documents.push(document),
+                Fetched::Poison(poison) => self.poison.push(poison),
             }
         }
     }
@@ -227,10 +290,16 @@ fn classify(
     }
 }
 
-async fn finish_commit(committing: &mut Option<JoinHandle<()>>) {
-    if let Some(commit) = committing.take() {
-        let _ = commit.await;
-    }
+/// The result of the commit in flight, once it is done (`None`: none, or its task died).
+async fn in_flight(
+    commit: &mut Option<JoinHandle<(BTreeMap<i32, i64>, bool)>>,
+) -> Option<(BTreeMap<i32, i64>, bool)> {
+    let result = match commit.as_mut() {
+        Some(handle) => handle.await.ok(),
+        None => std::future::pending().await,
+    };
+    *commit = None;
+    result
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

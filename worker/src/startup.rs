@@ -1,33 +1,27 @@
-//! Builds and runs a worker: group membership, one fetcher per assigned partition, the sink,
-//! the ops HTTP server, and the drain on shutdown.
+//! Wires a worker together and runs it: group membership, the fetchers, the sink, the ops
+//! HTTP server, and the drain on shutdown.
 
-use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::Context;
-use kafka_group::{GroupConfig, GroupEvent, GroupMember, Revocation, TopicPartition};
+use kafka_group::{GroupEvent, GroupMember};
 use mongodb::Database;
 use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 use purchase::{
     config::{EventTopicArgs, KafkaArgs},
     kafka, mongo,
 };
-use rskafka::client::{
-    partition::{PartitionClient, UnknownTopicHandling},
-    Client,
-};
-use tokio::{
-    sync::{mpsc, oneshot},
-    task::JoinHandle,
-};
+use rskafka::client::{partition::UnknownTopicHandling, Client};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::WorkerConfig,
     dlq::DeadLetters,
-    fetcher::{fetch_partition, reset_offset, FetchSettings},
+    fetcher::{FetchSettings, Fetchers},
     metrics::Metrics,
     ops,
-    sink::{Sink, SinkMessage},
+    sink::Sink,
 };
 
 /// Fetched batches waiting for the sink; when full, fetchers wait (backpressure).
@@ -65,17 +59,8 @@ impl Worker {
             .context("invalid MongoDB connection string")?;
         tokio::spawn(mongo::ensure_indexes_until_done(db.clone()));
 
-        let mut group = GroupConfig::new(
-            config.kafka.events.brokers.clone(),
-            config.group.group_id.clone(),
-            vec![config.kafka.events.topic.clone()],
-        );
-        group.client_id = config.kafka.client_id.clone();
-        group.session_timeout = config.membership.session_timeout;
-        group.rebalance_timeout = config.membership.rebalance_timeout;
-        group.heartbeat_interval = config.membership.heartbeat_interval;
-        let (member, events) =
-            GroupMember::start(group).context("invalid consumer group settings")?;
+        let (member, events) = GroupMember::start(config.group_config())
+            .context("invalid consumer group settings")?;
 
         let acceptor = TcpListener::bind(config.listen)
             .into_acceptor()
@@ -148,20 +133,18 @@ impl Worker {
             config.group.offset_reset,
             Arc::clone(&metrics),
         ));
-        let mut fetchers = Fetchers {
+        let mut fetchers = Fetchers::new(
             kafka,
-            topic: config.kafka.events.topic.clone(),
-            member: Arc::clone(&member),
-            settings: Arc::new(FetchSettings {
+            config.kafka.events.topic.clone(),
+            Arc::clone(&member),
+            FetchSettings {
                 max_bytes: config.batch.fetch_max_bytes,
                 max_wait: config.batch.fetch_max_wait,
                 reset: config.group.offset_reset,
-            }),
+            },
             sink,
-            metrics: Arc::clone(&metrics),
-            clients: BTreeMap::new(),
-            running: BTreeMap::new(),
-        };
+            Arc::clone(&metrics),
+        );
 
         loop {
             let event = tokio::select! {
@@ -170,23 +153,25 @@ impl Worker {
             };
             match event {
                 Some(GroupEvent::Assigned {
-                    partitions,
                     generation,
+                    partitions,
+                    added,
                 }) => {
                     metrics.rebalances.inc();
-                    metrics.assigned_partitions.set(partitions.len() as i64);
-                    tracing::info!(generation, partitions = ?partitions.iter().map(|p| p.partition).collect::<Vec<_>>(), "assigned");
-                    fetchers.start(&partitions, &shutdown).await;
+                    tracing::info!(generation, partitions = ?partition_numbers(&partitions), added = ?partition_numbers(&added), "assigned");
+                    fetchers.start(&added, &shutdown).await;
                 }
                 Some(GroupEvent::Revoked(revocation)) => fetchers.release(revocation).await,
-                None => break,
+                None => {
+                    tracing::error!("the group member stopped; shutting down");
+                    break;
+                }
             }
         }
 
         tracing::info!("draining: stop fetching, flush, commit, leave the group");
         let drain = async {
-            fetchers.stop(None).await;
-            fetchers.flush().await;
+            fetchers.drain().await;
             if let Err(e) = member.leave().await {
                 tracing::warn!(error = %e, "leaving the group failed");
             }
@@ -209,136 +194,8 @@ impl Worker {
     }
 }
 
-/// The fetch loops of the partitions this worker owns.
-struct Fetchers {
-    kafka: Client,
-    topic: String,
-    member: Arc<GroupMember>,
-    settings: Arc<FetchSettings>,
-    sink: mpsc::Sender<SinkMessage>,
-    metrics: Arc<Metrics>,
-    clients: BTreeMap<i32, Arc<PartitionClient>>,
-    running: BTreeMap<i32, (CancellationToken, JoinHandle<()>)>,
-}
-
-impl Fetchers {
-    /// Starts fetching each partition from the group's committed offset (or the reset policy).
-    async fn start(&mut self, partitions: &[TopicPartition], shutdown: &CancellationToken) {
-        let Some(committed) = self.committed(partitions, shutdown).await else {
-            return;
-        };
-        for tp in partitions {
-            let client = match self.partition_client(tp.partition).await {
-                Ok(client) => client,
-                Err(e) => {
-                    tracing::error!(partition = tp.partition, error = %e, "cannot reach the partition leader; its records wait for the next assignment");
-                    continue;
-                }
-            };
-            let offset = match committed.get(tp).copied().flatten() {
-                Some(offset) => offset,
-                None => match reset_offset(&client, self.settings.reset).await {
-                    Ok(offset) => offset,
-                    Err(e) => {
-                        tracing::error!(partition = tp.partition, error = %e, "cannot find the start offset");
-                        continue;
-                    }
-                },
-            };
-            tracing::debug!(partition = tp.partition, offset, "fetching");
-            let stop = CancellationToken::new();
-            let task = tokio::spawn(fetch_partition(
-                client,
-                offset,
-                Arc::clone(&self.settings),
-                self.sink.clone(),
-                stop.clone(),
-                Arc::clone(&self.metrics),
-            ));
-            self.running.insert(tp.partition, (stop, task));
-        }
-    }
-
-    /// The group's committed offsets, retried until they are known or shutdown.
-    async fn committed(
-        &self,
-        partitions: &[TopicPartition],
-        shutdown: &CancellationToken,
-    ) -> Option<BTreeMap<TopicPartition, Option<i64>>> {
-        let mut delay = Duration::from_millis(100);
-        loop {
-            match self.member.committed(partitions).await {
-                Ok(committed) => return Some(committed),
-                Err(e) => tracing::warn!(error = %e, "cannot read committed offsets yet"),
-            }
-            tokio::select! {
-                () = shutdown.cancelled() => return None,
-                () = tokio::time::sleep(delay) => {}
-            }
-            delay = (delay * 2).min(Duration::from_secs(5));
-        }
-    }
-
-    async fn partition_client(
-        &mut self,
-        partition: i32,
-    ) -> Result<Arc<PartitionClient>, rskafka::client::error::Error> {
-        if let Some(client) = self.clients.get(&partition) {
-            return Ok(Arc::clone(client));
-        }
-        let client = Arc::new(
-            self.kafka
-                .partition_client(self.topic.clone(), partition, UnknownTopicHandling::Retry)
-                .await?,
-        );
-        self.clients.insert(partition, Arc::clone(&client));
-        Ok(client)
-    }
-
-    /// Revocation: stop fetching the partitions, write and commit what was read from them,
-    /// then let them go.
-    async fn release(&mut self, revocation: Revocation) {
-        let partitions: Vec<i32> = revocation
-            .partitions
-            .iter()
-            .map(|tp| tp.partition)
-            .collect();
-        tracing::info!(?partitions, lost = revocation.lost, "revoked");
-        self.stop(Some(&partitions)).await;
-        // Even when the membership was lost the writes are worth finishing: they are
-        // idempotent, and only the commit will be refused.
-        self.flush().await;
-        self.metrics
-            .assigned_partitions
-            .set(self.running.len() as i64);
-        revocation.done();
-    }
-
-    /// Stops the fetchers of `partitions` (all when `None`) and waits until they have.
-    async fn stop(&mut self, partitions: Option<&[i32]>) {
-        let selected: Vec<i32> = match partitions {
-            Some(list) => list.to_vec(),
-            None => self.running.keys().copied().collect(),
-        };
-        let mut stopped = Vec::new();
-        for partition in selected {
-            if let Some((stop, task)) = self.running.remove(&partition) {
-                stop.cancel();
-                stopped.push(task);
-            }
-        }
-        for task in stopped {
-            let _ = task.await;
-        }
-    }
-
-    /// Writes and commits everything fetched so far.
-    async fn flush(&self) {
-        let (done, flushed) = oneshot::channel();
-        if self.sink.send(SinkMessage::Flush(done)).await.is_ok() {
-            let _ = flushed.await;
-        }
-    }
+fn partition_numbers(partitions: &[kafka_group::TopicPartition]) -> Vec<i32> {
+    partitions.iter().map(|tp| tp.partition).collect()
 }
 
 async fn dead_letters(

@@ -80,7 +80,9 @@ impl Tracked {
                     self.owned = partitions.into_iter().collect()
                 }
                 GroupEvent::Revoked(revocation) => {
-                    self.owned.clear();
+                    for tp in &revocation.partitions {
+                        self.owned.remove(tp);
+                    }
                     revocation.done();
                 }
             }

@@ -1,5 +1,5 @@
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     io::{BufRead, BufReader},
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -80,12 +80,20 @@ async fn a_graceful_leave_rebalances_at_once() {
 }
 
 #[tokio::test]
-async fn the_owner_hears_of_revocation_before_anyone_else_gets_its_partitions() {
+async fn under_an_eager_assignor_the_owner_hears_of_revocation_before_anyone_else_gets_its_partitions(
+) {
     let kafka = broker();
-    let (topic, group, members) = settled_group(&kafka.address, 1).await;
-    let mut a = members.into_iter().next().expect("one member");
+    let topic = topic(&kafka.address).await;
+    let group = unique("group");
+    let eager = || {
+        let mut config = config(&kafka.address, &group, &topic);
+        config.assignors = vec![Assignor::Sticky];
+        config
+    };
+    let mut a = Tracked::start(eager());
+    settle(&mut [&mut a], &topic, Duration::from_secs(60)).await;
 
-    let mut b = Tracked::start(config(&kafka.address, &group, &topic));
+    let mut b = Tracked::start(eager());
     let revocation = match tokio::time::timeout(Duration::from_secs(60), a.events.recv()).await {
         Ok(Some(GroupEvent::Revoked(r))) => r,
         Ok(other) => panic!("expected a revocation first, got {other:?}"),
@@ -135,51 +143,195 @@ async fn our_member_and_a_confluent_kafka_consumer_split_partitions_on_range() {
     let mut ours_config = config(&kafka.address, &group, &topic);
     ours_config.assignors = vec![Assignor::Range];
     let mut ours = Tracked::start(ours_config);
+    let mut theirs = ConfluentMember::start("range", &kafka.address, &group, &topic);
+    wait_split(&mut [&mut ours], &mut [&mut theirs], &topic).await;
+    assert_eq!(ours.owned.len(), 6);
+    assert_eq!(theirs.owned.len(), 6);
+}
 
-    let mut theirs = Command::new(python())
-        .arg(workspace_root().join("test-support/py/range_member.py"))
-        .args([&kafka.address, &group, &topic])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start the confluent-kafka member");
-    let (tx, mut assignments) = tokio::sync::mpsc::unbounded_channel();
-    let stdout = theirs.stdout.take().unwrap();
-    let their_topic = topic.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let value: serde_json::Value = serde_json::from_str(&line).expect("JSON line");
-            let partitions: BTreeSet<TopicPartition> = value["assigned"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|p| TopicPartition::new(&their_topic, p.as_i64().unwrap() as i32))
-                .collect();
-            if tx.send(partitions).is_err() {
-                break;
+#[tokio::test]
+async fn our_members_and_a_librdkafka_cooperative_sticky_consumer_rebalance_incrementally() {
+    let kafka = broker();
+    let topic = topic(&kafka.address).await;
+    let group = unique("group");
+    let mut a = Tracked::start(config(&kafka.address, &group, &topic));
+    let mut theirs = ConfluentMember::start("cooperative-sticky", &kafka.address, &group, &topic);
+    wait_split(&mut [&mut a], &mut [&mut theirs], &topic).await;
+    let split_in_two = (a.owned.clone(), theirs.owned.clone());
+
+    // A second member of ours: both sides give up only what moves, nobody loses anything.
+    let mut b = Tracked::start(config(&kafka.address, &group, &topic));
+    wait_split(&mut [&mut a, &mut b], &mut [&mut theirs], &topic).await;
+    assert!(a.owned.is_subset(&split_in_two.0), "a only gave partitions up");
+    assert!(
+        theirs.owned.is_subset(&split_in_two.1),
+        "librdkafka only gave partitions up"
+    );
+    assert!(
+        theirs.events.iter().all(|e| e != "lost"),
+        "librdkafka lost its partitions: {:?}",
+        theirs.events
+    );
+
+    // librdkafka leaves: its partitions go to ours.
+    theirs.stop();
+    settle(&mut [&mut a, &mut b], &topic, Duration::from_secs(60)).await;
+}
+
+#[tokio::test]
+async fn under_cooperative_sticky_a_joiner_pauses_only_the_partitions_that_move() {
+    let kafka = broker();
+    let (topic, group, members) = settled_group(&kafka.address, 1).await;
+    let Tracked {
+        member: a,
+        events: mut a_events,
+        owned: before,
+    } = members.into_iter().next().expect("one member");
+
+    // While b joins, a commits every 100 ms for whatever it owns at that moment.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let commits = async {
+        let mut successes: BTreeMap<TopicPartition, Vec<Instant>> = BTreeMap::new();
+        let mut offset = 0;
+        while !stop.is_cancelled() {
+            offset += 1;
+            let owned = a.assignment();
+            let batch = owned.iter().map(|tp| (tp.clone(), offset)).collect();
+            if a.commit(&batch).await.is_ok() {
+                for tp in owned {
+                    successes.entry(tp).or_default().push(Instant::now());
+                }
             }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-    });
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let mut theirs_owned = BTreeSet::new();
-    loop {
-        while let Ok(latest) = assignments.try_recv() {
-            theirs_owned = latest;
+        successes
+    };
+    let rebalance = async {
+        let started = Instant::now();
+        let mut b = Tracked::start(config(&kafka.address, &group, &topic));
+        let revocation = match tokio::time::timeout(Duration::from_secs(60), a_events.recv()).await {
+            Ok(Some(GroupEvent::Revoked(r))) => r,
+            other => panic!("expected a revocation first, got {other:?}"),
+        };
+        assert_eq!(revocation.partitions.len(), 6, "only b's share is revoked");
+        assert!(!revocation.lost);
+        assert_eq!(a.assignment().len(), 6, "a keeps the rest meanwhile");
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        b.drain();
+        assert!(b.owned.is_empty(), "b got {:?} before a let go", b.owned);
+        revocation.done();
+        while b.owned.len() < 6 {
+            assert!(started.elapsed() < Duration::from_secs(60), "b never got its share");
+            b.drain();
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        ours.drain();
-        if !theirs_owned.is_empty() && is_split(&[&ours.owned, &theirs_owned], &topic) {
-            break;
-        }
+        eprintln!("[timing] cooperative join: b owned its 6 partitions {:?} after it started", started.elapsed());
+        stop.cancel();
+        b
+    };
+    let (successes, b) = tokio::join!(commits, rebalance);
+    let kept: BTreeSet<TopicPartition> = a.assignment().into_iter().collect();
+    assert_eq!(kept.len(), 6);
+    assert!(kept.is_subset(&before) && kept.is_disjoint(&b.owned));
+    for tp in &kept {
+        let times = &successes[tp];
+        let longest = times
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap_or_default();
+        eprintln!("[timing] kept partition {tp}: longest gap between commits {longest:?}");
         assert!(
-            Instant::now() < deadline,
-            "no split: ours {:?}, theirs {:?}",
-            ours.owned,
-            theirs_owned
+            longest < Duration::from_secs(1),
+            "{tp} kept its owner but paused its commits for {longest:?}"
         );
+    }
+}
+
+/// Waits until our members and confluent-kafka's own disjoint, complete, balanced shares.
+async fn wait_split(ours: &mut [&mut Tracked], theirs: &mut [&mut ConfluentMember], topic: &str) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        for member in ours.iter_mut() {
+            member.drain();
+        }
+        for member in theirs.iter_mut() {
+            member.drain();
+        }
+        let sets: Vec<&BTreeSet<TopicPartition>> = ours
+            .iter()
+            .map(|m| &m.owned)
+            .chain(theirs.iter().map(|m| &m.owned))
+            .collect();
+        if sets.iter().all(|s| !s.is_empty()) && is_split(&sets, topic) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no split: {sets:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(ours.owned.len(), 6);
-    assert_eq!(theirs_owned.len(), 6);
-    drop(theirs.stdin.take());
-    let _ = theirs.wait();
+}
+
+/// A confluent-kafka (librdkafka) consumer in a child process, with what it owns.
+struct ConfluentMember {
+    child: std::process::Child,
+    updates: std::sync::mpsc::Receiver<(String, BTreeSet<TopicPartition>)>,
+    owned: BTreeSet<TopicPartition>,
+    /// Every callback it reported: assigned, revoked, lost.
+    events: Vec<String>,
+}
+
+impl ConfluentMember {
+    fn start(strategy: &str, bootstrap: &str, group: &str, topic: &str) -> Self {
+        let mut child = Command::new(python())
+            .arg(workspace_root().join("test-support/py/group_member.py"))
+            .args([strategy, bootstrap, group, topic])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the confluent-kafka member");
+        let (tx, updates) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().expect("piped stdout");
+        let topic = topic.to_string();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let value: serde_json::Value = serde_json::from_str(&line).expect("JSON line");
+                let partitions = value["assigned"]
+                    .as_array()
+                    .expect("assigned")
+                    .iter()
+                    .map(|p| TopicPartition::new(&topic, p.as_i64().expect("partition") as i32))
+                    .collect();
+                let event = value["event"].as_str().unwrap_or_default().to_string();
+                if tx.send((event, partitions)).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            updates,
+            owned: BTreeSet::new(),
+            events: Vec::new(),
+        }
+    }
+
+    fn drain(&mut self) {
+        while let Ok((event, owned)) = self.updates.try_recv() {
+            self.events.push(event);
+            self.owned = owned;
+        }
+    }
+
+    /// Closes its stdin: it leaves the group and exits.
+    fn stop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ConfluentMember {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
