@@ -34,9 +34,13 @@ impl Assignor {
     }
 
     pub fn from_protocol_name(name: &str) -> Option<Self> {
-        [Assignor::CooperativeSticky, Assignor::Sticky, Assignor::Range]
-            .into_iter()
-            .find(|a| a.protocol_name() == name)
+        [
+            Assignor::CooperativeSticky,
+            Assignor::Sticky,
+            Assignor::Range,
+        ]
+        .into_iter()
+        .find(|a| a.protocol_name() == name)
     }
 
     /// Whether a group on this assignor rebalances incrementally: members keep what they

@@ -77,7 +77,10 @@ mod tests {
         let steps: Vec<Duration> = (0..5).map(|_| backoff.next_delay()).collect();
         for (delay, step) in steps.iter().zip([100, 200, 400, 400, 400]) {
             let step = Duration::from_millis(step);
-            assert!(*delay >= step / 2 && *delay <= step, "{delay:?} for {step:?}");
+            assert!(
+                *delay >= step / 2 && *delay <= step,
+                "{delay:?} for {step:?}"
+            );
         }
         backoff.reset();
         assert!(backoff.next_delay() <= Duration::from_millis(100));

@@ -90,7 +90,11 @@ impl GroupConfig {
             heartbeat_interval: Duration::from_secs(3),
             request_timeout: Duration::from_secs(30),
             metadata_refresh: Duration::from_secs(30),
-            assignors: vec![Assignor::CooperativeSticky, Assignor::Sticky, Assignor::Range],
+            assignors: vec![
+                Assignor::CooperativeSticky,
+                Assignor::Sticky,
+                Assignor::Range,
+            ],
         }
     }
 
@@ -173,6 +177,8 @@ struct Membership {
     stable: bool,
     /// The assignor (and so the rebalance protocol) of the current generation.
     protocol: Option<Assignor>,
+    /// Whether this member leads the current generation (computes the assignment).
+    leader: bool,
 }
 
 enum Command {
@@ -279,6 +285,11 @@ impl GroupMember {
 
     pub fn generation(&self) -> i32 {
         self.state.lock().expect("membership lock").generation
+    }
+
+    /// Whether this member led the generation it last joined.
+    pub fn is_leader(&self) -> bool {
+        self.state.lock().expect("membership lock").leader
     }
 
     /// Whether the member holds an assignment of the current generation (not joining or
@@ -714,10 +725,10 @@ impl MemberTask {
     }
 
     async fn finish(mut self, command: Option<Command>) {
-        let result = if self.safe_to_leave().await {
+        let result = if self.safe_to_leave() {
             self.leave_group().await
         } else {
-            tracing::info!(group = %self.config.group_id, session_timeout = ?self.config.session_timeout, "stopping without LeaveGroup: this member leads a rebalance in progress; the coordinator drops it after the session timeout");
+            tracing::info!(group = %self.config.group_id, session_timeout = ?self.config.session_timeout, "stopping without LeaveGroup (this member leads the group or is mid-rebalance, and a leader leaving mid-rebalance can strand a group): the coordinator drops it after the session timeout");
             Ok(())
         };
         if let Err(e) = &result {
@@ -728,23 +739,16 @@ impl MemberTask {
         }
     }
 
-    /// Whether a LeaveGroup cannot strand the group. A leader that leaves in the middle of a
-    /// rebalance would, on nisshi 0.7: its leave there does not clear the group's leader, so
-    /// every member that joins afterwards waits for an assignment that never comes (the
-    /// scale-down stall). Letting the session expire does clear it. Only the leader of the
-    /// last generation (or a member that cannot know it is not the leader) mid-rebalance
-    /// stays silent; a stable leader makes sure with one more heartbeat.
-    async fn safe_to_leave(&mut self) -> bool {
-        if self.leader == Some(false) {
-            return true;
-        }
-        if !self.state.lock().expect("membership lock").stable {
-            return false;
-        }
-        !matches!(
-            self.heartbeat().await.err().and_then(|e| e.protocol()),
-            Some(ResponseError::RebalanceInProgress)
-        )
+    /// Whether a LeaveGroup cannot strand the group. On nisshi 0.7 a leader that leaves
+    /// while the group re-forms strands it for good: that leave does not clear the group's
+    /// leader, so every member that joins afterwards waits for an assignment that never comes
+    /// (the scale-down stall, reproduced in `worker/tests/pipeline/scale.rs`). A leader cannot
+    /// know that no other member is leaving at the same moment, so the leader of the last
+    /// generation never sends LeaveGroup, and neither does a member in the middle of a
+    /// rebalance (it may have just become the leader). They let the session expire instead,
+    /// which does clear the leader: the group waits one session timeout, never forever.
+    fn safe_to_leave(&self) -> bool {
+        self.leader == Some(false) && self.state.lock().expect("membership lock").stable
     }
 
     async fn coordinator(&mut self) -> Result<&Connection> {
@@ -792,8 +796,7 @@ impl MemberTask {
 
     async fn join_and_sync(&mut self) -> Result<Joined> {
         let group_id = self.group_id();
-        let metadata =
-            encode_subscription(&self.config.topics, &self.owned, self.owned_generation);
+        let metadata = encode_subscription(&self.config.topics, &self.owned, self.owned_generation);
         let protocols: Vec<JoinGroupRequestProtocol> = self
             .config
             .assignors
@@ -824,8 +827,11 @@ impl MemberTask {
             let connection = self.coordinator().await?;
             // Static membership needs JoinGroup v5; without it the broker would treat the
             // member as dynamic, silently.
-            let version =
-                connection.version::<JoinGroupRequest>(if static_member { 5..=9 } else { 1..=9 })?;
+            let version = connection.version::<JoinGroupRequest>(if static_member {
+                5..=9
+            } else {
+                1..=9
+            })?;
             let started = Instant::now();
             let response = connection
                 .send_with_version(&request, version, join_timeout)
@@ -865,6 +871,7 @@ impl MemberTask {
         let leader = joined.leader.as_str() == member_id;
         self.leader = Some(leader);
         self.last_leader = joined.leader.to_string();
+        self.state.lock().expect("membership lock").leader = leader;
         // A static leader that rejoined a stable group gets `skip_assignment`: the group
         // keeps its assignment, the leader only syncs.
         let assignments = if leader && !joined.skip_assignment {

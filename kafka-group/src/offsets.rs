@@ -232,7 +232,8 @@ impl GroupAdmin {
         group_id: &str,
         offsets: &BTreeMap<TopicPartition, i64>,
     ) -> Result<()> {
-        self.commit_as(group_id, &MemberIdentity::none(), offsets).await
+        self.commit_as(group_id, &MemberIdentity::none(), offsets)
+            .await
     }
 
     /// The end offset (latest) of every partition of `topic`, asked of each partition's leader.

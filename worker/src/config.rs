@@ -171,7 +171,10 @@ mod tests {
         let error = WorkerConfig::try_parse_from(["worker", "--kafka-assignors=sticky"])
             .unwrap_err()
             .to_string();
-        assert!(error.contains("use cooperative-sticky, rskafka-sticky or range"), "{error}");
+        assert!(
+            error.contains("use cooperative-sticky, rskafka-sticky or range"),
+            "{error}"
+        );
         let error = WorkerConfig::try_parse_from(["worker", "--kafka-group-instance-id= "])
             .unwrap_err()
             .to_string();

@@ -157,7 +157,10 @@ impl Fetchers {
         }
     }
 
-    async fn partition_client(&mut self, partition: i32) -> Result<Arc<PartitionClient>, KafkaError> {
+    async fn partition_client(
+        &mut self,
+        partition: i32,
+    ) -> Result<Arc<PartitionClient>, KafkaError> {
         if let Some(client) = self.clients.get(&partition) {
             return Ok(Arc::clone(client));
         }
@@ -220,15 +223,33 @@ pub async fn fetch_partition(
 ) {
     let partition = client.partition();
     let max_wait_ms = i32::try_from(settings.max_wait.as_millis()).unwrap_or(i32::MAX);
-    let mut backoff = Backoff::unbounded_between(Duration::from_millis(100), Duration::from_secs(5));
+    let mut backoff =
+        Backoff::unbounded_between(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         let fetched = tokio::select! {
             () = stop.cancelled() => return,
             fetched = client.fetch_records(offset, 1..settings.max_bytes, max_wait_ms) => fetched,
         };
         let records = match fetched {
-            Ok((records, _high_watermark)) => {
+            Ok((records, high_watermark)) => {
                 backoff.reset();
+                if records.is_empty() && high_watermark > offset {
+                    tracing::debug!(
+                        partition,
+                        offset,
+                        high_watermark,
+                        "fetch returned nothing below the high watermark"
+                    );
+                } else if records.last().is_some_and(|r| r.offset < offset) {
+                    tracing::debug!(
+                        partition,
+                        offset,
+                        high_watermark,
+                        first = records[0].offset,
+                        last = records[records.len() - 1].offset,
+                        "fetch returned only records before the offset"
+                    );
+                }
                 records
             }
             Err(KafkaError::ServerError {

@@ -15,10 +15,7 @@ use std::{
 use kafka_group::{Backoff, GroupMember, TopicPartition};
 use mongodb::{bson::Document, error::ErrorKind, Collection};
 use purchase::mongo::{is_duplicate_key, DUPLICATE_KEY};
-use tokio::{
-    sync::mpsc,
-    task::JoinHandle,
-};
+use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::{

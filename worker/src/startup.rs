@@ -59,8 +59,8 @@ impl Worker {
             .context("invalid MongoDB connection string")?;
         tokio::spawn(mongo::ensure_indexes_until_done(db.clone()));
 
-        let (member, events) = GroupMember::start(config.group_config())
-            .context("invalid consumer group settings")?;
+        let (member, events) =
+            GroupMember::start(config.group_config()).context("invalid consumer group settings")?;
 
         let acceptor = TcpListener::bind(config.listen)
             .into_acceptor()

@@ -60,6 +60,8 @@ pub struct Tracked {
     pub member: GroupMember,
     pub events: UnboundedReceiver<GroupEvent>,
     pub owned: BTreeSet<TopicPartition>,
+    /// Revocations received so far.
+    pub revocations: usize,
 }
 
 impl Tracked {
@@ -69,6 +71,7 @@ impl Tracked {
             member,
             events,
             owned: BTreeSet::new(),
+            revocations: 0,
         }
     }
 
@@ -80,6 +83,7 @@ impl Tracked {
                     self.owned = partitions.into_iter().collect()
                 }
                 GroupEvent::Revoked(revocation) => {
+                    self.revocations += 1;
                     for tp in &revocation.partitions {
                         self.owned.remove(tp);
                     }

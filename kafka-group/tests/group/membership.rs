@@ -66,7 +66,9 @@ async fn a_member_that_vanishes_loses_its_partitions_after_the_session_timeout()
 async fn a_graceful_leave_rebalances_at_once() {
     let kafka = broker();
     let (topic, _, members) = settled_group(&kafka.address, 2).await;
-    let [mut a, b] = <[Tracked; 2]>::try_from(members).ok().expect("two members");
+    let [a, b] = <[Tracked; 2]>::try_from(members).ok().expect("two members");
+    // The follower leaves (a leader lets its session expire instead; see the next test).
+    let (mut a, b) = if b.member.is_leader() { (b, a) } else { (a, b) };
 
     let started = Instant::now();
     b.member.leave().await.expect("leave accepted");
@@ -76,6 +78,31 @@ async fn a_graceful_leave_rebalances_at_once() {
     assert!(
         took < SESSION,
         "a leave must not wait for the session timeout ({took:?})"
+    );
+}
+
+#[tokio::test]
+async fn five_of_six_members_leaving_at_once_with_the_leader_among_them_never_strand_the_survivor()
+{
+    let kafka = broker();
+    let (topic, _, members) = settled_group(&kafka.address, 6).await;
+    let (mut leaving, mut rest): (Vec<Tracked>, Vec<Tracked>) =
+        members.into_iter().partition(|m| m.member.is_leader());
+    assert_eq!(leaving.len(), 1, "one leader");
+    let mut survivor = rest.pop().expect("a follower survives");
+    leaving.extend(rest);
+
+    let started = Instant::now();
+    let leaves = leaving.iter().map(|m| m.member.leave());
+    for result in futures::future::join_all(leaves).await {
+        result.expect("leave");
+    }
+    let took = settle(&mut [&mut survivor], &topic, Duration::from_secs(60)).await;
+    let took = took.max(started.elapsed());
+    eprintln!("[timing] five left at once (the leader among them): the survivor owned everything {took:?} later");
+    assert!(
+        took < SESSION * 3,
+        "the survivor waited {took:?}; bounded by the leader's session timeout ({SESSION:?})"
     );
 }
 
@@ -162,7 +189,10 @@ async fn our_members_and_a_librdkafka_cooperative_sticky_consumer_rebalance_incr
     // A second member of ours: both sides give up only what moves, nobody loses anything.
     let mut b = Tracked::start(config(&kafka.address, &group, &topic));
     wait_split(&mut [&mut a, &mut b], &mut [&mut theirs], &topic).await;
-    assert!(a.owned.is_subset(&split_in_two.0), "a only gave partitions up");
+    assert!(
+        a.owned.is_subset(&split_in_two.0),
+        "a only gave partitions up"
+    );
     assert!(
         theirs.owned.is_subset(&split_in_two.1),
         "librdkafka only gave partitions up"
@@ -186,6 +216,7 @@ async fn under_cooperative_sticky_a_joiner_pauses_only_the_partitions_that_move(
         member: a,
         events: mut a_events,
         owned: before,
+        ..
     } = members.into_iter().next().expect("one member");
 
     // While b joins, a commits every 100 ms for whatever it owns at that moment.
@@ -209,7 +240,8 @@ async fn under_cooperative_sticky_a_joiner_pauses_only_the_partitions_that_move(
     let rebalance = async {
         let started = Instant::now();
         let mut b = Tracked::start(config(&kafka.address, &group, &topic));
-        let revocation = match tokio::time::timeout(Duration::from_secs(60), a_events.recv()).await {
+        let revocation = match tokio::time::timeout(Duration::from_secs(60), a_events.recv()).await
+        {
             Ok(Some(GroupEvent::Revoked(r))) => r,
             other => panic!("expected a revocation first, got {other:?}"),
         };
@@ -221,11 +253,17 @@ async fn under_cooperative_sticky_a_joiner_pauses_only_the_partitions_that_move(
         assert!(b.owned.is_empty(), "b got {:?} before a let go", b.owned);
         revocation.done();
         while b.owned.len() < 6 {
-            assert!(started.elapsed() < Duration::from_secs(60), "b never got its share");
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "b never got its share"
+            );
             b.drain();
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        eprintln!("[timing] cooperative join: b owned its 6 partitions {:?} after it started", started.elapsed());
+        eprintln!(
+            "[timing] cooperative join: b owned its 6 partitions {:?} after it started",
+            started.elapsed()
+        );
         stop.cancel();
         b
     };
@@ -334,4 +372,66 @@ impl Drop for ConfluentMember {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+#[tokio::test]
+async fn a_static_member_restarted_within_the_session_timeout_gets_its_partitions_back_and_no_other_member_pauses(
+) {
+    let kafka = broker();
+    let topic = topic(&kafka.address).await;
+    let group = unique("group");
+    let static_config = || {
+        let mut config = config(&kafka.address, &group, &topic);
+        config.group_instance_id = Some("worker-0".into());
+        config
+    };
+    let mut first = Tracked::start(static_config());
+    let mut other = Tracked::start(config(&kafka.address, &group, &topic));
+    settle(
+        &mut [&mut first, &mut other],
+        &topic,
+        Duration::from_secs(60),
+    )
+    .await;
+    let (owned, generation) = (first.owned.clone(), first.member.generation());
+    let others = other.owned.clone();
+    let revocations_before = other.revocations;
+
+    drop(first); // a crash: no LeaveGroup
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let mut restarted = Tracked::start(static_config());
+    settle(
+        &mut [&mut restarted, &mut other],
+        &topic,
+        Duration::from_secs(60),
+    )
+    .await;
+    eprintln!(
+        "[timing] static restart: owned its partitions again {:?} after it started",
+        started.elapsed()
+    );
+    other.drain();
+    // Kafka (KIP-345) gives the returning instance its old place without a rebalance.
+    // nisshi 0.7 does not recognize it (a new member id, a new generation); under
+    // cooperative-sticky that rebalance still pauses nobody else.
+    eprintln!(
+        "[static] generation {generation} -> {}: {}",
+        restarted.member.generation(),
+        if restarted.member.generation() == generation {
+            "no rebalance"
+        } else {
+            "the broker rebalanced (nisshi 0.7 does not recognize a returning instance)"
+        }
+    );
+    assert!(
+        restarted.member.member_id().starts_with("worker-0"),
+        "the instance id was sent"
+    );
+    assert_eq!(restarted.owned, owned, "the same partitions");
+    assert_eq!(other.owned, others);
+    assert_eq!(
+        other.revocations, revocations_before,
+        "the other member saw no revocation"
+    );
 }

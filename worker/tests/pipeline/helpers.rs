@@ -90,6 +90,26 @@ impl Pipeline {
         WorkerProcess {
             child,
             metrics: format!("http://127.0.0.1:{port}/metrics"),
+            log: None,
+        }
+    }
+
+    /// Starts a worker whose log (with the group's state changes at debug level) goes to
+    /// `log`, for tests that print it when something stalls.
+    pub fn worker_logging_to(&self, log: std::path::PathBuf) -> WorkerProcess {
+        let port = free_port();
+        let file = std::fs::File::create(&log).expect("worker log file");
+        let child = self
+            .worker_command(port)
+            .env("RUST_LOG", "info,kafka_group=debug")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start worker");
+        WorkerProcess {
+            child,
+            metrics: format!("http://127.0.0.1:{port}/metrics"),
+            log: Some(log),
         }
     }
 
@@ -220,9 +240,44 @@ impl Pipeline {
 pub struct WorkerProcess {
     child: Child,
     pub metrics: String,
+    pub log: Option<std::path::PathBuf>,
 }
 
 impl WorkerProcess {
+    /// Sends SIGTERM without waiting (to stop several at once).
+    pub fn send_term(&self) {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(sent.success());
+    }
+
+    /// Waits for the exit that follows a SIGTERM; returns how long it took from `since`.
+    pub fn wait_clean_exit(&mut self, since: Instant, within: Duration) -> Duration {
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                assert!(status.success(), "worker exited with {status}");
+                return since.elapsed();
+            }
+            assert!(
+                since.elapsed() < within,
+                "worker did not stop within {within:?} of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The last `lines` lines of its log (when it has one).
+    pub fn log_tail(&self, lines: usize) -> String {
+        let Some(path) = &self.log else {
+            return String::new();
+        };
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
     pub fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -9,3 +9,4 @@ mod dead_letters;
 mod delivery;
 mod exit;
 mod fleet;
+mod scale;

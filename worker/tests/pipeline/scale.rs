@@ -1,0 +1,290 @@
+//! The fleet through scale events under steady load (300 purchases/s): 1 → 6 → 1 workers,
+//! the five stopped at once (SIGTERM, or SIGKILL), `SCALE_ROUNDS` rounds in one group (1 in
+//! `make test`, 10 in `make test-stress`). After every round: no stall, every 202'd purchase
+//! stored exactly once, committed offsets at the end offsets. Timings are printed as
+//! `[timing]` lines.
+
+use std::{
+    collections::BTreeSet,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use mongodb::bson::doc;
+use serde_json::{json, Value};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::*;
+
+const RATE_PER_SECOND: u64 = 300;
+const FLEET: usize = 6;
+
+#[derive(Clone, Copy, Debug)]
+enum Stop {
+    Term,
+    Kill,
+}
+
+fn rounds() -> usize {
+    std::env::var("SCALE_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+}
+
+#[tokio::test]
+async fn scaling_1_to_6_to_1_with_sigterm_never_stalls_and_stores_every_purchase_once() {
+    scale_rounds(Stop::Term).await;
+}
+
+#[tokio::test]
+async fn scaling_1_to_6_to_1_with_sigkill_never_stalls_and_stores_every_purchase_once() {
+    scale_rounds(Stop::Kill).await;
+}
+
+async fn scale_rounds(stop: Stop) {
+    let _alone = one_heavy_test_at_a_time().await;
+    let pipeline = Pipeline::start().await;
+    // Kept after the test: the workers' logs (group state changes at debug) are the first
+    // thing to read when a round stalls.
+    let logs = tempfile::Builder::new()
+        .prefix("scale-logs-")
+        .tempdir()
+        .expect("log dir")
+        .keep();
+    eprintln!("[scale] worker logs in {}", logs.display());
+    let mut started = 0;
+    let mut spawn = |pipeline: &Pipeline| {
+        started += 1;
+        pipeline.worker_logging_to(logs.join(format!("worker-{started}.log")))
+    };
+    let mut fleet = vec![spawn(&pipeline)];
+    let mut accepted = BTreeSet::new();
+    for round in 0..rounds() {
+        let load = SteadyLoad::start(&pipeline);
+        let watch = InsertWatch::start(&pipeline).await;
+
+        // Scale up: everyone owns a partition.
+        let up = Instant::now();
+        while fleet.len() < FLEET {
+            fleet.push(spawn(&pipeline));
+        }
+        wait_for(
+            &fleet,
+            Duration::from_secs(60),
+            "every worker owns a partition",
+            |owned| owned.iter().all(|n| *n >= 1.0),
+        )
+        .await;
+        let scale_up = up.elapsed();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+
+        // Scale down: five at once; which one survives changes every round, so the leader is
+        // sometimes among the stopped.
+        let survivor = fleet.remove(round % FLEET);
+        let down = Instant::now();
+        let mut stopped: Vec<WorkerProcess> = fleet.drain(..).collect();
+        let mut exits = Vec::new();
+        match stop {
+            Stop::Term => {
+                for worker in &stopped {
+                    worker.send_term();
+                }
+                for worker in &mut stopped {
+                    exits.push(worker.wait_clean_exit(down, Duration::from_secs(20)));
+                }
+            }
+            Stop::Kill => {
+                for worker in stopped.drain(..) {
+                    worker.kill();
+                }
+            }
+        }
+        fleet.push(survivor);
+        let bound = Duration::from_secs(45);
+        wait_for(
+            &fleet,
+            bound,
+            "the survivor owns every partition",
+            |owned| owned == [PARTITIONS as f64],
+        )
+        .await;
+        let scale_down = down.elapsed();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+
+        accepted.extend(load.stop().await);
+        wait_stored(&pipeline, &fleet, accepted.len()).await;
+        let stored = pipeline
+            .wait_stored(accepted.len(), Duration::from_secs(60))
+            .await;
+        assert_exactly_once(&accepted, &stored);
+        pipeline.wait_committed_to_end(Duration::from_secs(30));
+        let gaps = watch.stop().await;
+        let longest_exit = exits.iter().max().copied().unwrap_or_default();
+        eprintln!(
+            "[timing] {stop:?} round {round}: scale-up, all {FLEET} own partitions after {scale_up:.1?}; \
+             scale-down, the survivor owns all after {scale_down:.1?} (slowest SIGTERM exit {longest_exit:.1?}); \
+             longest insert gap around scale-up {:.1?}, around scale-down {:.1?}; {} purchases so far",
+            gaps.longest_between(up, down),
+            gaps.longest_between(down, Instant::now()),
+            accepted.len(),
+        );
+        drop(stopped);
+    }
+    pipeline.stop();
+}
+
+/// Waits until `count` purchases are stored; on timeout, fails with the workers' logs.
+async fn wait_stored(pipeline: &Pipeline, fleet: &[WorkerProcess], count: usize) {
+    let collection = pipeline.collection().await;
+    let started = Instant::now();
+    loop {
+        let stored = collection.count_documents(doc! {}).await.unwrap_or(0) as usize;
+        if stored >= count {
+            return;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            for (i, worker) in fleet.iter().enumerate() {
+                eprintln!("----- worker {i} log -----\n{}", worker.log_tail(80));
+            }
+            panic!("stall: only {stored} of {count} stored after 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Polls every worker's `worker_assigned_partitions` until `done` holds; on timeout, fails
+/// with the end of every worker's log.
+async fn wait_for(
+    fleet: &[WorkerProcess],
+    timeout: Duration,
+    what: &str,
+    done: impl Fn(&[f64]) -> bool,
+) {
+    let started = Instant::now();
+    loop {
+        let mut owned = Vec::new();
+        for worker in fleet {
+            owned.push(
+                worker
+                    .metric("worker_assigned_partitions")
+                    .await
+                    .unwrap_or(0.0),
+            );
+        }
+        if done(&owned) {
+            return;
+        }
+        if started.elapsed() > timeout {
+            for (i, worker) in fleet.iter().enumerate() {
+                eprintln!("----- worker {i} log -----\n{}", worker.log_tail(60));
+            }
+            panic!("stall: not {what} after {timeout:?}; owned per worker: {owned:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `RATE_PER_SECOND` purchases per second until stopped; every answer must be a 202.
+struct SteadyLoad {
+    stop: CancellationToken,
+    task: JoinHandle<BTreeSet<String>>,
+}
+
+impl SteadyLoad {
+    fn start(pipeline: &Pipeline) -> Self {
+        let stop = CancellationToken::new();
+        let url = format!("{}/api/purchases", pipeline.gateway);
+        let client = pipeline.client.clone();
+        let until = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut ticker =
+                tokio::time::interval(Duration::from_micros(1_000_000 / RATE_PER_SECOND));
+            let mut requests = Vec::new();
+            let mut n = 0u64;
+            while !until.is_cancelled() {
+                ticker.tick().await;
+                n += 1;
+                let request = client.post(&url).json(&json!({
+                    "username": "scaling buyer",
+                    "userId": format!("scale-{}", n % 50),
+                    "price": 2.5,
+                }));
+                requests.push(tokio::spawn(async move {
+                    let response = request.send().await.expect("gateway answers");
+                    assert_eq!(response.status().as_u16(), 202);
+                    let body: Value = response.json().await.expect("JSON");
+                    body["eventId"].as_str().expect("eventId").to_string()
+                }));
+            }
+            let mut accepted = BTreeSet::new();
+            for request in requests {
+                accepted.insert(request.await.expect("every purchase is accepted"));
+            }
+            accepted
+        });
+        Self { stop, task }
+    }
+
+    async fn stop(self) -> BTreeSet<String> {
+        self.stop.cancel();
+        self.task.await.expect("load task")
+    }
+}
+
+/// The stored count sampled every 100 ms, to find the longest time nothing was inserted.
+struct InsertWatch {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+    increases: Arc<Mutex<Vec<Instant>>>,
+}
+
+impl InsertWatch {
+    async fn start(pipeline: &Pipeline) -> Self {
+        let collection = pipeline.collection().await;
+        let stop = CancellationToken::new();
+        let increases = Arc::new(Mutex::new(vec![Instant::now()]));
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            let increases = Arc::clone(&increases);
+            async move {
+                let mut last = collection.count_documents(doc! {}).await.unwrap_or(0);
+                while !stop.is_cancelled() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let count = collection.count_documents(doc! {}).await.unwrap_or(last);
+                    if count > last {
+                        increases.lock().expect("lock").push(Instant::now());
+                        last = count;
+                    }
+                }
+            }
+        });
+        Self {
+            stop,
+            task,
+            increases,
+        }
+    }
+
+    async fn stop(self) -> InsertGaps {
+        self.stop.cancel();
+        let _ = self.task.await;
+        let increases = self.increases.lock().expect("lock").clone();
+        InsertGaps(increases)
+    }
+}
+
+struct InsertGaps(Vec<Instant>);
+
+impl InsertGaps {
+    /// The longest time without an insert that overlaps `from..to`.
+    fn longest_between(&self, from: Instant, to: Instant) -> Duration {
+        self.0
+            .windows(2)
+            .filter(|w| w[1] >= from && w[0] <= to)
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap_or_default()
+    }
+}
