@@ -1,5 +1,5 @@
 # scalable-shop: `make up` runs the local stack, `make test` runs every check CI runs.
-.PHONY: up down status load deps test-deps test deploy-check lint bench bench-gateway bench-worker openapi clean-local
+.PHONY: up down status load deps test-deps test test-stress deploy-check lint bench bench-gateway bench-worker openapi clean-local
 
 VENV := .local/venv
 PYTHON := $(VENV)/bin/python
@@ -30,6 +30,9 @@ lint:
 test: test-deps lint  ## lint, unit and integration tests against real servers, deployment checks
 	cargo test --workspace
 	deploy/check.sh
+
+test-stress: test-deps ## the fleet through 10 rounds of 1 -> 6 -> 1 workers under load, SIGTERM and SIGKILL (~15 min)
+	SCALE_ROUNDS=$${SCALE_ROUNDS:-10} cargo test -p worker --test pipeline scale -- --nocapture
 
 deploy-check: test-deps ## render and validate k8s/ and keda/, checkov, consistency with the binaries
 	deploy/check.sh

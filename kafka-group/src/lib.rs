@@ -10,8 +10,11 @@
 //!   tells the application through [`GroupEvent`]s which partitions it owns. Before a
 //!   partition can go to another member, the owner receives [`GroupEvent::Revoked`] and the
 //!   group waits until it has committed and let go.
-//! - [`Assignor::Sticky`] keeps partitions where they are when members come and go;
-//!   [`Assignor::Range`] is Kafka's range assignor, for groups mixed with other clients.
+//! - [`Assignor::CooperativeSticky`] (the default) rebalances incrementally (KIP-429): only
+//!   the partitions that move pause. [`Assignor::Sticky`] is the same split under the eager
+//!   protocol and [`Assignor::Range`] Kafka's range assignor, for groups mixed with other
+//!   clients or older members.
+//! - Static membership (KIP-345) with [`GroupConfig::group_instance_id`].
 //! - [`GroupAdmin`] reads committed offsets, end offsets and lag without joining, counting
 //!   lag the way KEDA's Kafka scaler does ([`PartitionLag`], [`keda_desired_replicas`]).
 //!
@@ -26,8 +29,9 @@
 //! let (member, mut events) = GroupMember::start(config)?;
 //! while let Some(event) = events.recv().await {
 //!     match event {
-//!         GroupEvent::Assigned { partitions, .. } => {
-//!             // Start fetching `partitions` with rskafka from `member.committed(&partitions)`.
+//!         GroupEvent::Assigned { added, .. } => {
+//!             // Start fetching the `added` partitions with rskafka from
+//!             // `member.committed(&added)`; the others are fetched already.
 //!         }
 //!         GroupEvent::Revoked(revocation) => {
 //!             // Stop fetching, write what was read, then commit the next offsets to read.

@@ -224,6 +224,7 @@ impl GroupMember {
             last_contact: Instant::now(),
             leader: None,
             last_leader: String::new(),
+            members: 0,
         };
         let task = tokio::spawn(task.run(command_receiver));
         Ok((
@@ -377,6 +378,8 @@ struct MemberTask {
     leader: Option<bool>,
     /// The member id of that generation's leader, for the logs.
     last_leader: String,
+    /// How many members that generation had (known to its leader only).
+    members: usize,
 }
 
 impl MemberTask {
@@ -742,13 +745,15 @@ impl MemberTask {
     /// Whether a LeaveGroup cannot strand the group. On nisshi 0.7 a leader that leaves
     /// while the group re-forms strands it for good: that leave does not clear the group's
     /// leader, so every member that joins afterwards waits for an assignment that never comes
-    /// (the scale-down stall, reproduced in `worker/tests/pipeline/scale.rs`). A leader cannot
-    /// know that no other member is leaving at the same moment, so the leader of the last
-    /// generation never sends LeaveGroup, and neither does a member in the middle of a
-    /// rebalance (it may have just become the leader). They let the session expire instead,
-    /// which does clear the leader: the group waits one session timeout, never forever.
+    /// (the scale-down stall, reproduced in `worker/tests/pipeline/scale.rs`). A leader with
+    /// other members cannot know that none of them is leaving at the same moment, so it does
+    /// not send LeaveGroup, and neither does a member in the middle of a rebalance (it may
+    /// have just become the leader). They let the session expire instead, which does clear
+    /// the leader: the group waits one session timeout, never forever. A leader alone in its
+    /// generation leaves, so the next worker of a group with history starts at once.
     fn safe_to_leave(&self) -> bool {
-        self.leader == Some(false) && self.state.lock().expect("membership lock").stable
+        let stable = self.state.lock().expect("membership lock").stable;
+        stable && (self.leader == Some(false) || (self.leader == Some(true) && self.members == 1))
     }
 
     async fn coordinator(&mut self) -> Result<&Connection> {
@@ -872,6 +877,7 @@ impl MemberTask {
         self.leader = Some(leader);
         self.last_leader = joined.leader.to_string();
         self.state.lock().expect("membership lock").leader = leader;
+        self.members = joined.members.len();
         // A static leader that rejoined a stable group gets `skip_assignment`: the group
         // keeps its assignment, the leader only syncs.
         let assignments = if leader && !joined.skip_assignment {

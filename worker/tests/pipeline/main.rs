@@ -10,3 +10,4 @@ mod delivery;
 mod exit;
 mod fleet;
 mod scale;
+mod start;

@@ -1,0 +1,62 @@
+//! A worker started in a group with history (committed offsets, a backlog, previous workers
+//! gone) stores its first record quickly: the moment KEDA adds workers is the moment a
+//! backlog grows.
+
+use std::time::{Duration, Instant};
+
+use mongodb::bson::doc;
+
+use crate::helpers::*;
+
+/// Stores 500 purchases with one worker, stops it (`kill`: SIGKILL, else SIGTERM), queues
+/// 2,000 more, starts a fresh worker and returns how long it took to store the first of them.
+async fn first_record_in_a_group_with_history(kill: bool) -> Duration {
+    let _alone = one_heavy_test_at_a_time().await;
+    let pipeline = Pipeline::start().await;
+    let first = pipeline.worker();
+    let mut accepted = pipeline.post_purchases(500, 16).await;
+    pipeline.wait_stored(500, Duration::from_secs(60)).await;
+    pipeline.wait_committed_to_end(Duration::from_secs(30));
+    if kill {
+        first.kill();
+    } else {
+        first.terminate();
+    }
+    accepted.extend(pipeline.post_purchases(2_000, 32).await);
+
+    let collection = pipeline.collection().await;
+    let started = Instant::now();
+    let _next = pipeline.worker();
+    let took = loop {
+        if collection.count_documents(doc! {}).await.unwrap_or(0) > 500 {
+            break started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "nothing stored within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let stored = pipeline
+        .wait_stored(accepted.len(), Duration::from_secs(60))
+        .await;
+    assert_exactly_once(&accepted, &stored);
+    pipeline.stop();
+    took
+}
+
+#[tokio::test]
+async fn a_worker_replacing_one_that_was_terminated_stores_its_first_record_within_5_s() {
+    let took = first_record_in_a_group_with_history(false).await;
+    eprintln!("[timing] group with history (previous worker SIGTERMed): first record stored {took:?} after start");
+    assert!(took < Duration::from_secs(5), "first record after {took:?}");
+}
+
+#[tokio::test]
+async fn a_worker_replacing_one_that_crashed_stores_its_first_record_once_the_session_expired() {
+    // The crashed worker is still a member (and the group's leader) until its session
+    // timeout (6 s here) passes without a heartbeat: Kafka waits for it too.
+    let took = first_record_in_a_group_with_history(true).await;
+    eprintln!("[timing] group with history (previous worker SIGKILLed): first record stored {took:?} after start");
+    assert!(took < Duration::from_secs(20), "first record after {took:?}");
+}
