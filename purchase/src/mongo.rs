@@ -97,13 +97,17 @@ pub async fn ensure_indexes_until_done(db: Database) {
     retry_until_done("MongoDB indexes", || ensure_indexes(&db)).await
 }
 
-/// Runs `attempt` until it succeeds, backing off from 200 ms to 30 s between failures.
+/// Runs `attempt` until it succeeds, backing off (the shared policy) from 200 ms to 30 s
+/// between failures.
 pub async fn retry_until_done<F, Fut>(what: &str, attempt: F)
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = mongodb::error::Result<()>>,
 {
-    let mut delay = std::time::Duration::from_millis(200);
+    let mut backoff = kafka_group::Backoff::unbounded_between(
+        std::time::Duration::from_millis(200),
+        std::time::Duration::from_secs(30),
+    );
     loop {
         match attempt().await {
             Ok(()) => {
@@ -111,9 +115,9 @@ where
                 return;
             }
             Err(e) => {
+                let delay = backoff.next_delay();
                 tracing::warn!(error = %e, retry_in = ?delay, "cannot create {what} yet");
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(std::time::Duration::from_secs(30));
             }
         }
     }

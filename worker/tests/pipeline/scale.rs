@@ -84,7 +84,7 @@ async fn scale_rounds(stop: Stop) {
         // sometimes among the stopped.
         let survivor = fleet.remove(round % FLEET);
         let down = Instant::now();
-        let mut stopped: Vec<WorkerProcess> = fleet.drain(..).collect();
+        let mut stopped: Vec<WorkerProcess> = std::mem::take(&mut fleet);
         let mut exits = Vec::new();
         match stop {
             Stop::Term => {

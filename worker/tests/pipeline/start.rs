@@ -58,5 +58,8 @@ async fn a_worker_replacing_one_that_crashed_stores_its_first_record_once_the_se
     // timeout (6 s here) passes without a heartbeat: Kafka waits for it too.
     let took = first_record_in_a_group_with_history(true).await;
     eprintln!("[timing] group with history (previous worker SIGKILLed): first record stored {took:?} after start");
-    assert!(took < Duration::from_secs(20), "first record after {took:?}");
+    assert!(
+        took < Duration::from_secs(20),
+        "first record after {took:?}"
+    );
 }
