@@ -60,10 +60,18 @@ async fn scale_rounds(stop: Stop) {
         pipeline.worker_logging_to(logs.join(format!("worker-{started}.log")))
     };
     let mut fleet = vec![spawn(&pipeline)];
+    wait_for(
+        &fleet,
+        Duration::from_secs(60),
+        "the first worker owns every partition",
+        |owned| owned == [PARTITIONS as f64],
+    )
+    .await;
     let mut accepted = BTreeSet::new();
     for round in 0..rounds() {
         let load = SteadyLoad::start(&pipeline);
         let watch = InsertWatch::start(&pipeline).await;
+        let commits = CommitWatch::start(&pipeline);
 
         // Scale up: everyone owns a partition.
         let up = Instant::now();
@@ -92,7 +100,8 @@ async fn scale_rounds(stop: Stop) {
                     worker.send_term();
                 }
                 for worker in &mut stopped {
-                    exits.push(worker.wait_clean_exit(down, Duration::from_secs(20)));
+                    // Well within the 25 s grace, rebalance or not.
+                    exits.push(worker.wait_clean_exit(down, Duration::from_secs(10)));
                 }
             }
             Stop::Kill => {
@@ -121,6 +130,21 @@ async fn scale_rounds(stop: Stop) {
         assert_exactly_once(&accepted, &stored);
         pipeline.wait_committed_to_end(Duration::from_secs(30));
         let gaps = watch.stop().await;
+        let commit_gaps = commits.stop().await;
+        // Partitions that keep their owner keep committing through a scale step: at
+        // scale-up the first worker keeps one, at scale-down the survivor keeps its own.
+        let (around_up, around_down) = (
+            commit_gaps.shortest_longest_gap(up, down),
+            commit_gaps.shortest_longest_gap(down, Instant::now()),
+        );
+        eprintln!(
+            "[timing] {stop:?} round {round}: a partition that kept its owner went at most {around_up:.1?} \
+             without a commit around scale-up, {around_down:.1?} around scale-down"
+        );
+        assert!(
+            around_up < Duration::from_secs(1) && around_down < Duration::from_secs(1),
+            "a partition that kept its owner paused its commits: {around_up:?} / {around_down:?}"
+        );
         let longest_exit = exits.iter().max().copied().unwrap_or_default();
         eprintln!(
             "[timing] {stop:?} round {round}: scale-up, all {FLEET} own partitions after {scale_up:.1?}; \
@@ -275,14 +299,77 @@ impl InsertWatch {
     }
 }
 
+/// Every partition's committed offset polled every 100 ms, to time each partition's pauses.
+struct CommitWatch {
+    stop: CancellationToken,
+    task: JoinHandle<Vec<Vec<Instant>>>,
+}
+
+impl CommitWatch {
+    fn start(pipeline: &Pipeline) -> Self {
+        let admin = kafka_group::GroupAdmin::new(
+            vec![pipeline.kafka.clone()],
+            "scale-test",
+            Duration::from_secs(5),
+        );
+        let (group, topic) = (pipeline.group.clone(), pipeline.topic.clone());
+        let stop = CancellationToken::new();
+        let until = stop.clone();
+        let task = tokio::spawn(async move {
+            let partitions: Vec<kafka_group::TopicPartition> = (0..PARTITIONS)
+                .map(|p| kafka_group::TopicPartition::new(&topic, p))
+                .collect();
+            let mut advances = vec![vec![Instant::now()]; PARTITIONS as usize];
+            let mut last = vec![None; PARTITIONS as usize];
+            while !until.is_cancelled() {
+                if let Ok(committed) = admin.committed(&group, &partitions).await {
+                    for (i, tp) in partitions.iter().enumerate() {
+                        let now = committed.get(tp).copied().flatten();
+                        if now != last[i] {
+                            advances[i].push(Instant::now());
+                            last[i] = now;
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            advances
+        });
+        Self { stop, task }
+    }
+
+    async fn stop(self) -> CommitGaps {
+        self.stop.cancel();
+        CommitGaps(self.task.await.expect("commit watch"))
+    }
+}
+
+/// Per partition, when its committed offset advanced.
+struct CommitGaps(Vec<Vec<Instant>>);
+
+impl CommitGaps {
+    /// Over `from..to`, the smallest (over partitions) longest pause between commits: the
+    /// pause of the partition that paused least.
+    fn shortest_longest_gap(&self, from: Instant, to: Instant) -> Duration {
+        self.0
+            .iter()
+            .map(|advances| InsertGaps(advances.clone()).longest_between(from, to))
+            .min()
+            .unwrap_or_default()
+    }
+}
+
 struct InsertGaps(Vec<Instant>);
 
 impl InsertGaps {
-    /// The longest time without an insert that overlaps `from..to`.
+    /// The longest time without an event that overlaps `from..to` (a pause still going on
+    /// at `to` counts until `to`).
     fn longest_between(&self, from: Instant, to: Instant) -> Duration {
-        self.0
+        let mut times: Vec<Instant> = self.0.iter().copied().filter(|t| *t <= to).collect();
+        times.push(to);
+        times
             .windows(2)
-            .filter(|w| w[1] >= from && w[0] <= to)
+            .filter(|w| w[1] >= from)
             .map(|w| w[1] - w[0])
             .max()
             .unwrap_or_default()
