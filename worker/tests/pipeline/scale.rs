@@ -121,6 +121,8 @@ async fn scale_rounds(stop: Stop) {
         .await;
         let scale_down = down.elapsed();
         tokio::time::sleep(Duration::from_secs(3)).await;
+        // The window of the scale-down ends here, while the load still runs.
+        let settled = Instant::now();
 
         accepted.extend(load.stop().await);
         wait_stored(&pipeline, &fleet, accepted.len()).await;
@@ -135,7 +137,7 @@ async fn scale_rounds(stop: Stop) {
         // scale-up the first worker keeps one, at scale-down the survivor keeps its own.
         let (around_up, around_down) = (
             commit_gaps.shortest_longest_gap(up, down),
-            commit_gaps.shortest_longest_gap(down, Instant::now()),
+            commit_gaps.shortest_longest_gap(down, settled),
         );
         eprintln!(
             "[timing] {stop:?} round {round}: a partition that kept its owner went at most {around_up:.1?} \
@@ -151,7 +153,7 @@ async fn scale_rounds(stop: Stop) {
              scale-down, the survivor owns all after {scale_down:.1?} (slowest SIGTERM exit {longest_exit:.1?}); \
              longest insert gap around scale-up {:.1?}, around scale-down {:.1?}; {} purchases so far",
             gaps.longest_between(up, down),
-            gaps.longest_between(down, Instant::now()),
+            gaps.longest_between(down, settled),
             accepted.len(),
         );
         drop(stopped);
