@@ -1,5 +1,5 @@
 # scalable-shop: `make up` runs the local stack, `make test` runs every check CI runs.
-.PHONY: up down status load deps test-deps test test-stress deploy-check lint bench bench-gateway bench-worker openapi clean-local
+.PHONY: up down status load deps test-deps test test-stress deploy-check lint bench bench-gateway bench-worker bench-pipeline openapi clean-local
 
 VENV := .local/venv
 PYTHON := $(VENV)/bin/python
@@ -37,7 +37,7 @@ test-stress: test-deps ## the fleet through 10 rounds of 1 -> 6 -> 1 workers und
 deploy-check: test-deps ## render and validate k8s/ and keda/, checkov, consistency with the binaries
 	deploy/check.sh
 
-bench: bench-gateway bench-worker
+bench: bench-gateway bench-worker bench-pipeline
 
 bench-gateway: ## accepted purchases/s and latency beside the HTTP stack's own limit
 	scripts/bench-gateway.sh
@@ -45,6 +45,12 @@ bench-gateway: ## accepted purchases/s and latency beside the HTTP stack's own l
 bench-worker:  ## documents/s a worker stores beside raw fetch and raw insert_many rates
 	scripts/infra.sh install
 	cargo bench -p worker --bench throughput
+
+bench-pipeline: ## the live pipeline: accepted/s with and without N workers (WORKERS=2), drain, CPU per 10k, backlog drain
+	scripts/infra.sh install
+	command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+	cargo build --release -q -p gateway -p worker
+	WORKERS=$${WORKERS:-2} cargo bench -p worker --bench pipeline
 
 load:          ## a short surge against the local stack (make up first), with the lag KEDA would see
 	cargo build --release -q -p load

@@ -1,6 +1,7 @@
 //! The scalable-shop gateway: takes purchases over HTTP into Kafka (answering only once the
 //! broker has them) and serves purchase history from MongoDB.
 
+pub mod access_log;
 pub mod api;
 pub mod config;
 pub mod error;

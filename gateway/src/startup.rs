@@ -7,14 +7,13 @@ use anyhow::Context;
 use poem::{
     endpoint::make_sync,
     listener::{Acceptor, Listener, TcpAcceptor, TcpListener},
-    middleware::Tracing,
     EndpointExt, Route,
 };
 use purchase::{kafka, mongo};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    api,
+    access_log, api,
     config::GatewayConfig,
     history::History,
     idempotency::Reservations,
@@ -146,12 +145,12 @@ fn routes(state: Arc<AppState>, max_body_bytes: usize) -> impl poem::Endpoint {
         .nest("/", api)
         .data(state)
         .data(BodyLimit(max_body_bytes))
-        .with(Tracing)
         .around(allow_on_405)
         .around(move |next, req| {
             let metrics = Arc::clone(&metrics);
             async move { Ok(metrics::observe(next, req, &metrics).await) }
         })
+        .around(access_log::log_request)
 }
 
 /// RFC 9110: a 405 carries `Allow`, the methods the path takes (from the API's metadata, so

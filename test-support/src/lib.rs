@@ -38,6 +38,14 @@ impl InfraServer {
         Self { kind, dir, address }
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        std::fs::read_to_string(self.dir.path().join("pid"))
+            .ok()
+            .and_then(|pid| pid.trim().parse().ok())
+            .expect("a started server has a pid file")
+    }
+
     pub fn stop(&self) {
         infra(&["stop", path_str(self.dir.path())]);
     }
