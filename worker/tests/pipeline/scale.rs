@@ -143,8 +143,11 @@ async fn scale_rounds(stop: Stop) {
             "[timing] {stop:?} round {round}: a partition that kept its owner went at most {around_up:.1?} \
              without a commit around scale-up, {around_down:.1?} around scale-down"
         );
+        // An eager rebalance would pause every partition for at least a JoinGroup hold
+        // (3 s on nisshi). The 1 s target's figures come from `make test-stress`'s output;
+        // a timed bound this tight would only measure how busy the machine is.
         assert!(
-            around_up < Duration::from_secs(1) && around_down < Duration::from_secs(1),
+            around_up < Duration::from_secs(3) && around_down < Duration::from_secs(3),
             "a partition that kept its owner paused its commits: {around_up:?} / {around_down:?}"
         );
         let longest_exit = exits.iter().max().copied().unwrap_or_default();
