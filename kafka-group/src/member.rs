@@ -222,7 +222,6 @@ impl GroupMember {
             owned_generation: -1,
             partition_counts: BTreeMap::new(),
             last_contact: Instant::now(),
-            leader: None,
             last_leader: String::new(),
             members: 0,
         };
@@ -349,14 +348,6 @@ struct Joined {
     partitions: Vec<TopicPartition>,
 }
 
-/// How a revocation wait ended.
-enum Revoked {
-    /// The application let go (or the rebalance timeout passed).
-    Done,
-    /// The application asked to leave meanwhile.
-    Leaving(Command),
-}
-
 struct MemberTask {
     admin: GroupAdmin,
     config: GroupConfig,
@@ -374,8 +365,6 @@ struct MemberTask {
     partition_counts: BTreeMap<String, usize>,
     /// Last answer from the coordinator that proves this member is still in the group.
     last_contact: Instant,
-    /// Whether this member led the generation it last joined (`None`: never joined).
-    leader: Option<bool>,
     /// The member id of that generation's leader, for the logs.
     last_leader: String,
     /// How many members that generation had (known to its leader only).
@@ -503,7 +492,7 @@ impl MemberTask {
                 .collect();
             self.state.lock().expect("membership lock").assigned = kept.clone();
             self.owned = kept;
-            if let Revoked::Leaving(command) = self.revoke(revoked.clone(), false, commands).await {
+            if let Some(command) = self.revoke(revoked.clone(), false, commands).await {
                 return (true, Some(command));
             }
         }
@@ -665,23 +654,21 @@ impl MemberTask {
             state.stable = false;
             std::mem::take(&mut state.assigned)
         };
-        match self.revoke(partitions, lost, commands).await {
-            Revoked::Done => None,
-            Revoked::Leaving(command) => Some(command),
-        }
+        self.revoke(partitions, lost, commands).await
     }
 
     /// Tells the application to let go of `partitions` and waits until it did (or the
     /// rebalance timeout passed), heartbeating meanwhile so the session stays alive. A leave
-    /// asked for meanwhile ends the wait: the application is done with every partition.
+    /// asked for meanwhile ends the wait (the application is done with every partition) and
+    /// is returned.
     async fn revoke(
         &mut self,
         partitions: Vec<TopicPartition>,
         lost: bool,
         commands: &mut mpsc::Receiver<Command>,
-    ) -> Revoked {
+    ) -> Option<Command> {
         if partitions.is_empty() {
-            return Revoked::Done;
+            return None;
         }
         tracing::debug!(group = %self.config.group_id, partitions = ?partitions, lost, "revoking; waiting for the application to let go");
         let (ack, acked) = oneshot::channel();
@@ -691,7 +678,7 @@ impl MemberTask {
             ack: Some(ack),
         };
         if self.events.send(GroupEvent::Revoked(revocation)).is_err() {
-            return Revoked::Done;
+            return None;
         }
         let started = Instant::now();
         let deadline = tokio::time::sleep(self.config.rebalance_timeout);
@@ -702,11 +689,11 @@ impl MemberTask {
             tokio::select! {
                 _ = &mut acked => {
                     tracing::debug!(group = %self.config.group_id, took = ?started.elapsed(), "revocation done");
-                    return Revoked::Done;
+                    return None;
                 }
                 () = &mut deadline => {
                     tracing::warn!(group = %self.config.group_id, "application did not finish revocation within the rebalance timeout");
-                    return Revoked::Done;
+                    return None;
                 }
                 _ = ticker.tick(), if !lost => {
                     // Errors here are expected (the group may be rebalancing); only the
@@ -717,11 +704,8 @@ impl MemberTask {
                 }
                 command = commands.recv() => {
                     tracing::debug!(group = %self.config.group_id, "leaving while a revocation was pending");
-                    return match command {
-                        Some(command) => Revoked::Leaving(command),
-                        // Every handle is gone: nobody will acknowledge.
-                        None => Revoked::Done,
-                    };
+                    // `None`: every handle is gone, nobody will acknowledge.
+                    return command;
                 }
             }
         }
@@ -752,8 +736,9 @@ impl MemberTask {
     /// the leader: the group waits one session timeout, never forever. A leader alone in its
     /// generation leaves, so the next worker of a group with history starts at once.
     fn safe_to_leave(&self) -> bool {
-        let stable = self.state.lock().expect("membership lock").stable;
-        stable && (self.leader == Some(false) || (self.leader == Some(true) && self.members == 1))
+        // Stable means joined: the leadership of the generation is known.
+        let state = self.state.lock().expect("membership lock");
+        state.stable && (!state.leader || self.members == 1)
     }
 
     async fn coordinator(&mut self) -> Result<&Connection> {
@@ -874,7 +859,6 @@ impl MemberTask {
             state.generation = joined.generation_id;
         }
         let leader = joined.leader.as_str() == member_id;
-        self.leader = Some(leader);
         self.last_leader = joined.leader.to_string();
         self.state.lock().expect("membership lock").leader = leader;
         self.members = joined.members.len();

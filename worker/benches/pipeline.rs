@@ -151,6 +151,15 @@ impl Servers {
         Process { child, port }
     }
 
+    /// `count` workers of `group` on `topic`, once every one is ready.
+    async fn ready_fleet(&self, count: usize, topic: &str, group: &str) -> Vec<Process> {
+        let fleet: Vec<Process> = (0..count).map(|_| self.worker(topic, group)).collect();
+        for worker in &fleet {
+            worker.wait_ready().await;
+        }
+        fleet
+    }
+
     async fn stored(&self, collection: &str) -> u64 {
         let client = mongodb::Client::with_uri_str(&self.mongo.address)
             .await
@@ -258,12 +267,9 @@ async fn main() {
     // 2. The same load with the workers running, then until everything is stored.
     let gateway = servers.gateway("bench-live");
     gateway.wait_ready().await;
-    let fleet: Vec<Process> = (0..workers)
-        .map(|_| servers.worker("bench-live", "bench-live-workers"))
-        .collect();
-    for worker in &fleet {
-        worker.wait_ready().await;
-    }
+    let fleet = servers
+        .ready_fleet(workers, "bench-live", "bench-live-workers")
+        .await;
     let warm_up = wrk(&gateway, 2, connections);
     let warmed = wait_stored(&servers, warm_up.accepted, Duration::from_secs(60)).await;
     let fleet_cpu = |fleet: &[Process]| fleet.iter().map(Process::cpu).sum::<f64>();
@@ -286,12 +292,9 @@ async fn main() {
     // 4. A backlog drained by fresh workers in a group with history.
     let gateway = servers.gateway("bench-backlog");
     gateway.wait_ready().await;
-    let previous: Vec<Process> = (0..workers)
-        .map(|_| servers.worker("bench-backlog", "bench-backlog-workers"))
-        .collect();
-    for worker in &previous {
-        worker.wait_ready().await;
-    }
+    let previous = servers
+        .ready_fleet(workers, "bench-backlog", "bench-backlog-workers")
+        .await;
     for worker in previous {
         worker.terminate();
     }
