@@ -87,6 +87,11 @@ impl Connection {
         &self.address
     }
 
+    /// The bound on a request that does not wait on the broker.
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
     pub fn is_broken(&self) -> bool {
         self.broken.load(Ordering::Relaxed)
     }

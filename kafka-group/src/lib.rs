@@ -56,6 +56,7 @@ mod cluster;
 mod connection;
 mod consumer_protocol;
 mod error;
+mod fetch;
 mod member;
 mod offsets;
 mod types;
@@ -63,6 +64,9 @@ mod types;
 pub use assignor::{Assignor, MemberSubscription};
 pub use backoff::Backoff;
 pub use error::{Error, Result};
+pub use fetch::{FetchLimits, FetchedRecord, PartitionRecords, RecordFetcher};
+/// The broker's error codes, as [`Error::protocol`] returns them.
+pub use kafka_protocol::ResponseError;
 pub use member::{GroupConfig, GroupEvent, GroupMember, Revocation};
 pub use offsets::{keda_desired_replicas, GroupAdmin, OffsetReset, PartitionLag};
 pub use types::TopicPartition;

@@ -6,7 +6,8 @@
 //!    and how long the lag takes to drain after the load stops;
 //! 3. CPU-seconds of the broker, the workers and the gateway per 10,000 purchases in (1) and
 //!    (2), read from `/proc`;
-//! 4. a 20,000-purchase backlog drained by fresh workers in a group with history: time to the
+//! 4. a single purchase on the quiet stack: time from its 202 to its document in MongoDB;
+//! 5. a 20,000-purchase backlog drained by fresh workers in a group with history: time to the
 //!    first stored record and docs/s once flowing, beside a raw rskafka fetch of the topic.
 //!
 //! `make bench-pipeline` (`WORKERS=N`, `DURATION=S`, `CONNECTIONS=C`).
@@ -23,6 +24,7 @@ use test_support::{workspace_root, InfraServer};
 
 const PARTITIONS: i32 = 12;
 const BACKLOG: u64 = 20_000;
+const IDLE_PURCHASES: usize = 10;
 
 fn setting(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -286,10 +288,18 @@ async fn main() {
     let live_gateway = gateway.cpu() - gateway_before;
     let live_workers = fleet_cpu(&fleet) - workers_before;
     let end_to_end = stored as f64 / started.elapsed().as_secs_f64();
+
+    // 4. Single purchases on the now quiet stack.
+    let mut quiet = Vec::new();
+    for _ in 0..IDLE_PURCHASES {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        quiet.push(one_purchase_until_stored(&servers, &gateway).await);
+    }
+    quiet.sort();
     drop(fleet);
     drop(gateway);
 
-    // 4. A backlog drained by fresh workers in a group with history.
+    // 5. A backlog drained by fresh workers in a group with history.
     let gateway = servers.gateway("bench-backlog");
     gateway.wait_ready().await;
     let previous = servers
@@ -350,10 +360,50 @@ async fn main() {
         drain.as_secs_f64()
     );
     println!(
+        "quiet stack, {IDLE_PURCHASES} single purchases 1 s apart: 202 to stored p50 {:.0} ms, max {:.0} ms",
+        quiet[quiet.len() / 2].as_secs_f64() * 1000.0,
+        quiet[quiet.len() - 1].as_secs_f64() * 1000.0
+    );
+    println!(
         "backlog of {queued} in a group with history: first record stored {:.1} s after the workers started; {drain_rate:.0} docs/s once flowing; raw rskafka fetch of the same topic {raw:.0} records/s; ratio {:.2}",
         first_at.as_secs_f64(),
         drain_rate / raw
     );
+}
+
+/// POSTs one purchase and returns how long after its 202 its document was in MongoDB.
+async fn one_purchase_until_stored(servers: &Servers, gateway: &Process) -> Duration {
+    let response = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{}/api/purchases", gateway.port))
+        .json(&serde_json::json!({"username": "quiet", "userId": "quiet-1", "price": 1.5}))
+        .send()
+        .await
+        .expect("gateway answers");
+    assert_eq!(response.status().as_u16(), 202, "purchase accepted");
+    let accepted = Instant::now();
+    let body: serde_json::Value = response.json().await.expect("JSON");
+    let id = body["eventId"].as_str().expect("eventId").to_string();
+    let purchases = mongodb::Client::with_uri_str(&servers.mongo.address)
+        .await
+        .expect("mongo client")
+        .database("bench")
+        .collection::<mongodb::bson::Document>("purchases");
+    loop {
+        if purchases
+            .find_one(doc! {"_id": &id})
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+        {
+            return accepted.elapsed();
+        }
+        assert!(
+            accepted.elapsed() < Duration::from_secs(30),
+            "{id} not stored 30 s after its 202"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// Waits until at least `count` purchases are stored; returns how many are.

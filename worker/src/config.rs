@@ -3,8 +3,10 @@
 use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
-use kafka_group::{Assignor, GroupConfig};
+use kafka_group::{Assignor, FetchLimits, GroupConfig, RecordFetcher};
 use purchase::config::{parse_duration, ConsumerGroupArgs, KafkaArgs, MongoArgs, TelemetryArgs};
+
+use crate::fetcher::{FetchSettings, Pacing};
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -32,6 +34,9 @@ pub struct WorkerConfig {
 
     #[command(flatten)]
     pub batch: BatchArgs,
+
+    #[command(flatten)]
+    pub fetch: FetchArgs,
 
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
@@ -113,9 +118,12 @@ impl WorkerConfig {
     }
 }
 
+/// How stored batches are sized. A batch is written as soon as the database is free: what
+/// arrived while the previous write ran goes into the next one (group commit), so a quiet
+/// stream is stored at once and a busy one in large writes.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BatchArgs {
-    /// Documents per insert_many; a batch is written once it has this many.
+    /// Documents per insert_many at most, when more than this many are waiting.
     #[arg(
         id = "batch-max-documents",
         long = "batch-max-documents",
@@ -123,19 +131,64 @@ pub struct BatchArgs {
         default_value_t = 1000
     )]
     pub max_documents: usize,
-
-    /// A partial batch is written once its oldest record waited this long.
-    #[arg(id = "batch-max-age", long = "batch-max-age", env = "WORKER_BATCH_MAX_AGE", default_value = "200ms", value_parser = parse_duration)]
-    pub max_age: Duration,
-
-    /// Bytes asked for per fetch and partition.
-    #[arg(id = "fetch-max-bytes", long = "fetch-max-bytes", env = "WORKER_FETCH_MAX_BYTES", default_value_t = 1024 * 1024)]
-    pub fetch_max_bytes: i32,
-
-    /// How long the broker may hold a fetch open waiting for new records.
-    #[arg(id = "fetch-max-wait", long = "fetch-max-wait", env = "WORKER_FETCH_MAX_WAIT", default_value = "500ms", value_parser = parse_duration)]
-    pub fetch_max_wait: Duration,
 }
+
+/// How the worker reads: one request per broker for all its partitions, paced by
+/// [`Pacing`] so that each request carries many records while the worker is busy and a lone
+/// record is read as soon as it arrives while it is idle.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FetchArgs {
+    /// Bytes asked for per partition and request.
+    #[arg(id = "fetch-max-bytes", long = "fetch-max-bytes", env = "WORKER_FETCH_MAX_BYTES", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(i32).range(1024..))]
+    pub max_bytes: i32,
+
+    /// How long the broker may hold a request open while no partition has records; a record
+    /// arriving meanwhile is answered at once.
+    #[arg(id = "fetch-max-wait", long = "fetch-max-wait", env = "WORKER_FETCH_MAX_WAIT", default_value = "500ms", value_parser = parse_duration)]
+    pub max_wait: Duration,
+
+    /// While records keep coming, the longest pause between two requests, so each carries
+    /// many records instead of a few (the added delay is at most this). 0 asks again at once.
+    #[arg(id = "fetch-linger", long = "fetch-linger", env = "WORKER_FETCH_LINGER", default_value = "100ms", value_parser = parse_duration)]
+    pub linger: Duration,
+
+    /// Bytes a request aims to carry: once traffic brings this many within one pause, the
+    /// next request goes out without pausing.
+    #[arg(id = "fetch-fill-bytes", long = "fetch-fill-bytes", env = "WORKER_FETCH_FILL_BYTES", default_value_t = 64 * 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub fill_bytes: u32,
+}
+
+impl WorkerConfig {
+    /// The reader of this worker's partitions: its own connections to the partition leaders.
+    pub fn record_fetcher(&self) -> RecordFetcher {
+        RecordFetcher::new(
+            self.kafka.events.brokers.clone(),
+            self.kafka.client_id.clone(),
+            self.group_config().request_timeout,
+        )
+    }
+
+    pub fn fetch_settings(&self) -> FetchSettings {
+        let fetch = &self.fetch;
+        FetchSettings {
+            limits: FetchLimits {
+                min_bytes: 1,
+                max_wait: fetch.max_wait,
+                max_bytes: fetch.max_bytes.max(RESPONSE_MAX_BYTES),
+                partition_max_bytes: fetch.max_bytes,
+            },
+            pacing: Pacing {
+                linger: fetch.linger,
+                fill_bytes: fetch.fill_bytes as usize,
+            },
+            reset: self.group.offset_reset,
+        }
+    }
+}
+
+/// Bytes per response, all partitions together (Kafka's own consumer default is 50 MiB; the
+/// sink's queue holds a few responses).
+const RESPONSE_MAX_BYTES: i32 = 8 * 1024 * 1024;
 
 #[cfg(test)]
 mod tests {

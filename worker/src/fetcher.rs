@@ -1,19 +1,38 @@
-//! Fetching: one fetch loop per owned partition, reading records with rskafka from the
-//! group's committed offset, decoding them and handing them to the sink in order (a full sink
-//! channel, when the database is slow or down, pauses fetching); and [`Fetchers`], the
-//! partition lifecycle the group's assignments and revocations drive.
+//! Fetching: one loop reads every partition this worker owns with one Fetch request per
+//! broker (kafka-group's [`RecordFetcher`]), decodes the records and hands them to the sink
+//! in offset order (a full sink queue, when the database is slow or down, pauses fetching).
+//! [`Pacing`] spaces the requests; [`Fetchers`] turns the group's assignments and
+//! revocations into commands to the loop.
+//!
+//! Why one loop and not one per partition: a broker answers a connection's requests one at a
+//! time, so per-partition loops over rskafka's shared connection either wait behind each
+//! other's long polls or, asking again at once with `min_bytes = 1`, send the broker a request
+//! for every handful of records (measured on nisshi: the broker saturated one core serving
+//! 1,000 purchases/s; README "Worker").
+//!
+//! Why the pause is the client's and not `min_bytes`: holding a request open for more bytes
+//! costs Kafka nothing, but nisshi 0.7 re-reads every partition of a waiting request on each
+//! of its polls. A pause before asking costs either broker nothing, and the request then
+//! returns at once with what accumulated.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
-use kafka_group::{Backoff, GroupMember, OffsetReset, Revocation, TopicPartition};
+use kafka_group::{
+    Backoff, FetchLimits, FetchedRecord, GroupMember, OffsetReset, PartitionRecords, RecordFetcher,
+    ResponseError, Revocation, TopicPartition,
+};
 use purchase::{PurchaseDocument, PurchaseEvent};
 use rskafka::client::{
-    error::{Error as KafkaError, ProtocolError},
+    error::Error as KafkaError,
     partition::{OffsetAt, PartitionClient, UnknownTopicHandling},
     Client,
 };
 use tokio::{
-    sync::{mpsc, oneshot},
+    sync::{mpsc, oneshot, Mutex},
     task::JoinHandle,
 };
 use tokio_util::sync::CancellationToken;
@@ -24,21 +43,119 @@ use crate::{
 };
 
 pub struct FetchSettings {
-    pub max_bytes: i32,
-    pub max_wait: Duration,
+    pub limits: FetchLimits,
+    pub pacing: Pacing,
     pub reset: OffsetReset,
 }
 
-/// The fetch loops of the partitions this worker owns.
-pub struct Fetchers {
+/// How long to wait before the next request, from what the last one brought.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pacing {
+    /// The longest pause while records keep coming.
+    pub linger: Duration,
+    /// Bytes a request aims to carry.
+    pub fill_bytes: usize,
+}
+
+/// What one request brought, for [`Pacing`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FetchOutcome {
+    /// Record bytes in the response, all partitions together.
+    pub bytes: usize,
+    /// Some partition has more records than the response carried.
+    pub backlog: bool,
+    /// Time since the request before this one went out: the window the bytes came in.
+    pub interval: Duration,
+    /// How long the request itself took.
+    pub took: Duration,
+    /// How long the broker was allowed to hold the request.
+    pub max_wait: Duration,
+}
+
+impl Pacing {
+    pub fn pause_after(&self, fetched: FetchOutcome) -> Duration {
+        if fetched.backlog || fetched.bytes >= self.fill_bytes {
+            // Behind or busy: read on at full speed.
+            return Duration::ZERO;
+        }
+        if fetched.bytes == 0 {
+            // Nothing came: the broker held the request for `max_wait` and will hold the next
+            // one too, answering the moment a record arrives. Only a broker that answered
+            // early (it does not wait) is asked less often.
+            return fetched
+                .max_wait
+                .saturating_sub(fetched.took)
+                .min(self.linger);
+        }
+        // Records trickle in at `bytes / interval`: wait until about `fill_bytes` are there.
+        let wanted = fetched
+            .interval
+            .mul_f64(self.fill_bytes as f64 / fetched.bytes as f64);
+        wanted.saturating_sub(fetched.took).min(self.linger)
+    }
+}
+
+/// Where a partition without a committed offset starts, and where one whose offset fell out
+/// of the log starts again: ListOffsets through rskafka.
+pub struct StartOffsets {
     kafka: Client,
     topic: String,
+    reset: OffsetReset,
+    clients: Mutex<BTreeMap<i32, Arc<PartitionClient>>>,
+}
+
+impl StartOffsets {
+    pub async fn offset(&self, partition: i32) -> Result<i64, KafkaError> {
+        let client = {
+            let mut clients = self.clients.lock().await;
+            match clients.get(&partition) {
+                Some(client) => Arc::clone(client),
+                None => {
+                    let client = Arc::new(
+                        self.kafka
+                            .partition_client(
+                                self.topic.clone(),
+                                partition,
+                                UnknownTopicHandling::Retry,
+                            )
+                            .await?,
+                    );
+                    clients.insert(partition, Arc::clone(&client));
+                    client
+                }
+            }
+        };
+        client
+            .get_offset(match self.reset {
+                OffsetReset::Earliest => OffsetAt::Earliest,
+                OffsetReset::Latest => OffsetAt::Latest,
+            })
+            .await
+    }
+}
+
+enum Command {
+    /// Fetch these partitions from these offsets.
+    Start(BTreeMap<i32, i64>),
+    /// Stop fetching these partitions; answered once nothing more of theirs can reach the
+    /// sink.
+    Stop {
+        partitions: Vec<i32>,
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// The partition lifecycle of this worker, over its one fetch loop.
+pub struct Fetchers {
     member: Arc<GroupMember>,
-    settings: Arc<FetchSettings>,
+    starts: Arc<StartOffsets>,
     sink: mpsc::Sender<SinkMessage>,
     metrics: Arc<Metrics>,
-    clients: BTreeMap<i32, Arc<PartitionClient>>,
-    running: BTreeMap<i32, (CancellationToken, JoinHandle<()>)>,
+    commands: mpsc::UnboundedSender<Command>,
+    owned: Vec<i32>,
+    /// Dropping it (with the `Fetchers`) ends the loop.
+    stop: CancellationToken,
+    fetch_loop: Option<JoinHandle<()>>,
 }
 
 impl Fetchers {
@@ -46,19 +163,41 @@ impl Fetchers {
         kafka: Client,
         topic: String,
         member: Arc<GroupMember>,
+        fetcher: RecordFetcher,
         settings: FetchSettings,
         sink: mpsc::Sender<SinkMessage>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Self {
+        let starts = Arc::new(StartOffsets {
             kafka,
-            topic,
+            topic: topic.clone(),
+            reset: settings.reset,
+            clients: Mutex::default(),
+        });
+        let (commands, inbox) = mpsc::unbounded_channel();
+        let stop = CancellationToken::new();
+        let fetch_loop = tokio::spawn(
+            FetchLoop {
+                fetcher,
+                topic,
+                limits: settings.limits,
+                pacing: settings.pacing,
+                starts: Arc::clone(&starts),
+                sink: sink.clone(),
+                metrics: Arc::clone(&metrics),
+                partitions: Partitions::default(),
+            }
+            .run(inbox, stop.clone()),
+        );
+        Self {
             member,
-            settings: Arc::new(settings),
+            starts,
             sink,
             metrics,
-            clients: BTreeMap::new(),
-            running: BTreeMap::new(),
+            commands,
+            owned: Vec::new(),
+            stop,
+            fetch_loop: Some(fetch_loop),
         }
     }
 
@@ -67,7 +206,7 @@ impl Fetchers {
     pub async fn start(&mut self, partitions: &[TopicPartition], shutdown: &CancellationToken) {
         let partitions: Vec<TopicPartition> = partitions
             .iter()
-            .filter(|tp| !self.running.contains_key(&tp.partition))
+            .filter(|tp| !self.owned.contains(&tp.partition))
             .cloned()
             .collect();
         if partitions.is_empty() {
@@ -76,39 +215,26 @@ impl Fetchers {
         let Some(committed) = self.committed(&partitions, shutdown).await else {
             return;
         };
+        let mut offsets = BTreeMap::new();
         for tp in &partitions {
-            let client = match self.partition_client(tp.partition).await {
-                Ok(client) => client,
-                Err(e) => {
-                    tracing::error!(partition = tp.partition, error = %e, "cannot reach the partition leader; its records wait for the next assignment");
-                    continue;
-                }
-            };
             let offset = match committed.get(tp).copied().flatten() {
                 Some(offset) => offset,
-                None => match reset_offset(&client, self.settings.reset).await {
+                None => match self.starts.offset(tp.partition).await {
                     Ok(offset) => offset,
                     Err(e) => {
-                        tracing::error!(partition = tp.partition, error = %e, "cannot find the start offset");
+                        tracing::error!(partition = tp.partition, error = %e, "cannot find the start offset; its records wait for the next assignment");
                         continue;
                     }
                 },
             };
             tracing::debug!(partition = tp.partition, offset, "fetching");
-            let stop = CancellationToken::new();
-            let task = tokio::spawn(fetch_partition(
-                client,
-                offset,
-                Arc::clone(&self.settings),
-                self.sink.clone(),
-                stop.clone(),
-                Arc::clone(&self.metrics),
-            ));
-            self.running.insert(tp.partition, (stop, task));
+            offsets.insert(tp.partition, offset);
         }
+        self.owned.extend(offsets.keys());
+        let _ = self.commands.send(Command::Start(offsets));
         self.metrics
             .assigned_partitions
-            .set(self.running.len() as i64);
+            .set(self.owned.len() as i64);
     }
 
     /// Revocation: stop fetching the partitions, write and commit what was read from them,
@@ -120,20 +246,24 @@ impl Fetchers {
             .map(|tp| tp.partition)
             .collect();
         tracing::info!(?partitions, lost = revocation.lost, "revoked");
-        self.stop(&partitions).await;
+        self.stop(partitions.clone()).await;
         // Even when the membership was lost the writes are worth finishing: they are
         // idempotent, and only the commit will be refused.
         self.flush(partitions).await;
         self.metrics
             .assigned_partitions
-            .set(self.running.len() as i64);
+            .set(self.owned.len() as i64);
         revocation.done();
     }
 
-    /// Shutdown: stop every fetcher, then write and commit everything fetched.
+    /// Shutdown: stop fetching, then write and commit everything fetched.
     pub async fn drain(&mut self) {
-        let partitions: Vec<i32> = self.running.keys().copied().collect();
-        self.stop(&partitions).await;
+        let partitions = self.owned.clone();
+        self.stop(partitions.clone()).await;
+        self.stop.cancel();
+        if let Some(fetch_loop) = self.fetch_loop.take() {
+            let _ = fetch_loop.await;
+        }
         self.flush(partitions).await;
         self.metrics.assigned_partitions.set(0);
     }
@@ -157,34 +287,18 @@ impl Fetchers {
         }
     }
 
-    async fn partition_client(
-        &mut self,
-        partition: i32,
-    ) -> Result<Arc<PartitionClient>, KafkaError> {
-        if let Some(client) = self.clients.get(&partition) {
-            return Ok(Arc::clone(client));
-        }
-        let client = Arc::new(
-            self.kafka
-                .partition_client(self.topic.clone(), partition, UnknownTopicHandling::Retry)
-                .await?,
-        );
-        self.clients.insert(partition, Arc::clone(&client));
-        Ok(client)
-    }
-
-    /// Stops the fetchers of `partitions` and waits until they have, so that everything they
-    /// fetched is in the sink's queue before anything sent after.
-    async fn stop(&mut self, partitions: &[i32]) {
-        let mut stopped = Vec::new();
-        for partition in partitions {
-            if let Some((stop, task)) = self.running.remove(partition) {
-                stop.cancel();
-                stopped.push(task);
-            }
-        }
-        for task in stopped {
-            let _ = task.await;
+    /// Stops fetching `partitions` and waits until the loop let them go, so that everything
+    /// fetched from them is in the sink's queue before anything sent after.
+    async fn stop(&mut self, partitions: Vec<i32>) {
+        self.owned.retain(|p| !partitions.contains(p));
+        let (done, stopped) = oneshot::channel();
+        if self
+            .commands
+            .send(Command::Stop { partitions, done })
+            .is_ok()
+        {
+            // An error: the loop has ended, and sends nothing more.
+            let _ = stopped.await;
         }
     }
 
@@ -202,113 +316,408 @@ impl Fetchers {
     }
 }
 
-/// The first offset to read when the group has none committed, per the reset policy.
-pub async fn reset_offset(client: &PartitionClient, reset: OffsetReset) -> Result<i64, KafkaError> {
-    let at = match reset {
-        OffsetReset::Earliest => OffsetAt::Earliest,
-        OffsetReset::Latest => OffsetAt::Latest,
-    };
-    client.get_offset(at).await
-}
-
-/// Runs until `stop` is cancelled. Whatever was fetched but not yet handed over is dropped:
-/// it was not committed, so the next owner reads it again.
-pub async fn fetch_partition(
-    client: Arc<PartitionClient>,
-    mut offset: i64,
-    settings: Arc<FetchSettings>,
-    sink: mpsc::Sender<SinkMessage>,
-    stop: CancellationToken,
-    metrics: Arc<Metrics>,
-) {
-    let partition = client.partition();
-    let max_wait_ms = i32::try_from(settings.max_wait.as_millis()).unwrap_or(i32::MAX);
-    let mut backoff =
-        Backoff::unbounded_between(Duration::from_millis(100), Duration::from_secs(5));
-    loop {
-        let fetched = tokio::select! {
-            () = stop.cancelled() => return,
-            fetched = client.fetch_records(offset, 1..settings.max_bytes, max_wait_ms) => fetched,
-        };
-        let records = match fetched {
-            Ok((records, high_watermark)) => {
-                backoff.reset();
-                if records.is_empty() && high_watermark > offset {
-                    tracing::debug!(
-                        partition,
-                        offset,
-                        high_watermark,
-                        "fetch returned nothing below the high watermark"
-                    );
-                } else if records.last().is_some_and(|r| r.offset < offset) {
-                    tracing::debug!(
-                        partition,
-                        offset,
-                        high_watermark,
-                        first = records[0].offset,
-                        last = records[records.len() - 1].offset,
-                        "fetch returned only records before the offset"
-                    );
-                }
-                records
-            }
-            Err(KafkaError::ServerError {
-                protocol_error: ProtocolError::OffsetOutOfRange,
-                ..
-            }) => {
-                match reset_offset(&client, settings.reset).await {
-                    Ok(reset) => {
-                        tracing::warn!(
-                            partition,
-                            from = offset,
-                            to = reset,
-                            "offset out of range, reset"
-                        );
-                        offset = reset;
-                    }
-                    Err(e) => tracing::warn!(partition, error = %e, "cannot reset offset"),
-                }
-                continue;
-            }
-            Err(e) => {
-                let pause = backoff.next_delay();
-                tracing::warn!(partition, offset, error = %e, retry_in = ?pause, "fetch failed");
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(pause) => continue,
-                }
-            }
-        };
-        // A fetch may start before the requested offset (whole compressed batches).
-        let records: Vec<_> = records.into_iter().filter(|r| r.offset >= offset).collect();
-        let Some(last) = records.last() else { continue };
-        let next_offset = last.offset + 1;
-        metrics.records_consumed.inc_by(records.len() as u64);
-        let batch = FetchedBatch {
-            partition,
-            next_offset,
-            records: records.into_iter().map(|r| decode(partition, r)).collect(),
-        };
-        tokio::select! {
-            () = stop.cancelled() => return,
-            sent = sink.send(SinkMessage::Records(batch)) => if sent.is_err() { return },
-        }
-        offset = next_offset;
+impl Drop for Fetchers {
+    fn drop(&mut self) {
+        self.stop.cancel();
     }
 }
 
-fn decode(partition: i32, fetched: rskafka::record::RecordAndOffset) -> Fetched {
-    let value = fetched.record.value.unwrap_or_default();
+/// The partitions the loop reads: where each goes on, and which wait out an error.
+#[derive(Default)]
+struct Partitions {
+    next: BTreeMap<i32, i64>,
+    held: BTreeMap<i32, (Instant, Backoff)>,
+}
+
+impl Partitions {
+    fn apply(&mut self, command: Command) {
+        match command {
+            Command::Start(offsets) => {
+                for partition in offsets.keys() {
+                    self.held.remove(partition);
+                }
+                self.next.extend(offsets);
+            }
+            Command::Stop { partitions, done } => {
+                for partition in &partitions {
+                    self.next.remove(partition);
+                    self.held.remove(partition);
+                }
+                // Nothing of theirs is on its way to the sink: a batch is only sent while
+                // its partition is still here at the offset it was fetched from.
+                let _ = done.send(());
+            }
+        }
+    }
+
+    /// Still reading `partition` from `offset` (not stopped or restarted meanwhile).
+    fn reads(&self, partition: i32, offset: i64) -> bool {
+        self.next.get(&partition) == Some(&offset)
+    }
+
+    /// The partitions to ask for now, and when the next held one is due.
+    fn due(&self, now: Instant) -> (BTreeMap<i32, i64>, Option<Instant>) {
+        let mut due = BTreeMap::new();
+        let mut next_retry: Option<Instant> = None;
+        for (partition, offset) in &self.next {
+            match self.held.get(partition) {
+                Some((retry_at, _)) if *retry_at > now => {
+                    next_retry = Some(next_retry.map_or(*retry_at, |t| t.min(*retry_at)));
+                }
+                _ => {
+                    due.insert(*partition, *offset);
+                }
+            }
+        }
+        (due, next_retry)
+    }
+
+    fn hold(&mut self, partition: i32) -> Duration {
+        let (retry_at, backoff) = self.held.entry(partition).or_insert_with(|| {
+            (
+                Instant::now(),
+                Backoff::unbounded_between(Duration::from_millis(100), Duration::from_secs(5)),
+            )
+        });
+        let pause = backoff.next_delay();
+        *retry_at = Instant::now() + pause;
+        pause
+    }
+}
+
+struct FetchLoop {
+    fetcher: RecordFetcher,
+    topic: String,
+    limits: FetchLimits,
+    pacing: Pacing,
+    starts: Arc<StartOffsets>,
+    sink: mpsc::Sender<SinkMessage>,
+    metrics: Arc<Metrics>,
+    partitions: Partitions,
+}
+
+/// Why the loop ends.
+struct Stopped;
+
+impl FetchLoop {
+    /// Runs until `stop` or until the sink is gone. Whatever was fetched but not handed over
+    /// is dropped: it was not committed, so the next owner reads it again.
+    async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<Command>, stop: CancellationToken) {
+        let mut pause = Duration::ZERO;
+        let mut last_request: Option<Instant> = None;
+        loop {
+            let Ok(due) = self.wait(pause, &mut inbox, &stop).await else {
+                return;
+            };
+            let started = Instant::now();
+            let interval = last_request.map_or(Duration::ZERO, |at| started - at);
+            last_request = Some(started);
+            let Ok(outcomes) = self.fetch(&due, &mut inbox, &stop).await else {
+                return;
+            };
+            let took = started.elapsed();
+            let Ok((bytes, backlog)) = self.dispatch(&due, outcomes, &mut inbox, &stop).await
+            else {
+                return;
+            };
+            pause = self.pacing.pause_after(FetchOutcome {
+                bytes,
+                backlog,
+                interval,
+                took,
+                max_wait: self.limits.max_wait,
+            });
+        }
+    }
+
+    /// Waits out `pause` (and, when no partition is due, until one is), applying commands
+    /// meanwhile; then the partitions to ask for.
+    async fn wait(
+        &mut self,
+        pause: Duration,
+        inbox: &mut mpsc::UnboundedReceiver<Command>,
+        stop: &CancellationToken,
+    ) -> Result<BTreeMap<i32, i64>, Stopped> {
+        let pause_until = Instant::now() + pause;
+        loop {
+            let now = Instant::now();
+            let (due, next_retry) = self.partitions.due(now);
+            let wake = if due.is_empty() {
+                next_retry
+            } else if now >= pause_until {
+                return Ok(due);
+            } else {
+                Some(pause_until)
+            };
+            tokio::select! {
+                () = stop.cancelled() => return Err(Stopped),
+                command = inbox.recv() => match command {
+                    Some(command) => self.partitions.apply(command),
+                    None => return Err(Stopped),
+                },
+                () = sleep_until(wake) => {}
+            }
+        }
+    }
+
+    /// One request per leader for the `due` partitions. Commands are applied while it runs
+    /// (a stop is answered at once: its partitions' records are dropped when they come).
+    async fn fetch(
+        &mut self,
+        due: &BTreeMap<i32, i64>,
+        inbox: &mut mpsc::UnboundedReceiver<Command>,
+        stop: &CancellationToken,
+    ) -> Result<BTreeMap<TopicPartition, kafka_group::Result<PartitionRecords>>, Stopped> {
+        let positions: BTreeMap<TopicPartition, i64> = due
+            .iter()
+            .map(|(p, o)| (TopicPartition::new(&self.topic, *p), *o))
+            .collect();
+        self.metrics.fetch_requests.inc();
+        let fetch = self.fetcher.fetch(&positions, &self.limits);
+        tokio::pin!(fetch);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return Err(Stopped),
+                outcomes = &mut fetch => return Ok(outcomes),
+                command = inbox.recv() => match command {
+                    Some(command) => self.partitions.apply(command),
+                    None => return Err(Stopped),
+                },
+            }
+        }
+    }
+
+    /// Hands each partition's records to the sink, in partition order, and moves the
+    /// partitions on; returns the bytes fetched and whether any partition has more waiting.
+    async fn dispatch(
+        &mut self,
+        due: &BTreeMap<i32, i64>,
+        outcomes: BTreeMap<TopicPartition, kafka_group::Result<PartitionRecords>>,
+        inbox: &mut mpsc::UnboundedReceiver<Command>,
+        stop: &CancellationToken,
+    ) -> Result<(usize, bool), Stopped> {
+        let (mut bytes, mut backlog) = (0, false);
+        for (tp, outcome) in outcomes {
+            let partition = tp.partition;
+            let Some(&offset) = due.get(&partition) else {
+                continue;
+            };
+            if !self.partitions.reads(partition, offset) {
+                continue;
+            }
+            let fetched = match outcome {
+                Ok(fetched) => fetched,
+                Err(e) => {
+                    self.on_error(partition, offset, e).await;
+                    continue;
+                }
+            };
+            self.partitions.held.remove(&partition);
+            bytes += fetched.bytes;
+            backlog |= fetched.next_offset < fetched.high_watermark;
+            if fetched.next_offset <= offset {
+                continue;
+            }
+            self.metrics
+                .fetch_records
+                .observe(fetched.records.len() as f64);
+            self.metrics
+                .records_consumed
+                .inc_by(fetched.records.len() as u64);
+            let batch = FetchedBatch {
+                partition,
+                next_offset: fetched.next_offset,
+                records: fetched
+                    .records
+                    .into_iter()
+                    .map(|r| decode(partition, r))
+                    .collect(),
+            };
+            self.hand_over(batch, offset, inbox, stop).await?;
+        }
+        Ok((bytes, backlog))
+    }
+
+    /// Sends `batch` once the sink has room, unless its partition stops meanwhile.
+    async fn hand_over(
+        &mut self,
+        batch: FetchedBatch,
+        offset: i64,
+        inbox: &mut mpsc::UnboundedReceiver<Command>,
+        stop: &CancellationToken,
+    ) -> Result<(), Stopped> {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return Err(Stopped),
+                room = self.sink.reserve() => {
+                    let room = room.map_err(|_| Stopped)?;
+                    self.partitions.next.insert(batch.partition, batch.next_offset);
+                    room.send(SinkMessage::Records(batch));
+                    return Ok(());
+                }
+                command = inbox.recv() => {
+                    self.partitions.apply(command.ok_or(Stopped)?);
+                    if !self.partitions.reads(batch.partition, offset) {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_error(&mut self, partition: i32, offset: i64, error: kafka_group::Error) {
+        if error.protocol() == Some(ResponseError::OffsetOutOfRange) {
+            match self.starts.offset(partition).await {
+                Ok(reset) => {
+                    tracing::warn!(
+                        partition,
+                        from = offset,
+                        to = reset,
+                        "offset out of range, reset"
+                    );
+                    if self.partitions.reads(partition, offset) {
+                        self.partitions.next.insert(partition, reset);
+                    }
+                    return;
+                }
+                Err(e) => tracing::warn!(partition, error = %e, "cannot reset offset"),
+            }
+        }
+        let retry_in = self.partitions.hold(partition);
+        self.metrics.fetch_errors.inc();
+        tracing::warn!(partition, offset, %error, ?retry_in, "fetch failed");
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn decode(partition: i32, fetched: FetchedRecord) -> Fetched {
+    let value = fetched.value.map(Vec::from).unwrap_or_default();
     match PurchaseEvent::from_json(&value) {
-        // The document is built here, in the partition's task, to keep the single sink free
-        // for writing.
         Ok(event) => Fetched::Purchase(PurchaseDocument::from_event(&event)),
         Err(e) => Fetched::Poison(PoisonRecord {
             partition,
             offset: fetched.offset,
-            key: fetched.record.key,
+            key: fetched.key.map(Vec::from),
             value,
             reason: e.to_string(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PACING: Pacing = Pacing {
+        linger: Duration::from_millis(100),
+        fill_bytes: 64 * 1024,
+    };
+
+    fn outcome(bytes: usize, interval_ms: u64) -> FetchOutcome {
+        FetchOutcome {
+            bytes,
+            backlog: false,
+            interval: Duration::from_millis(interval_ms),
+            took: Duration::from_millis(2),
+            max_wait: Duration::from_millis(500),
+        }
+    }
+
+    #[test]
+    fn a_backlog_is_read_without_pausing() {
+        let fetched = FetchOutcome {
+            backlog: true,
+            ..outcome(100, 10)
+        };
+        assert_eq!(PACING.pause_after(fetched), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_full_request_is_followed_at_once() {
+        assert_eq!(PACING.pause_after(outcome(64 * 1024, 10)), Duration::ZERO);
+    }
+
+    #[test]
+    fn an_empty_long_poll_is_followed_by_the_next_long_poll_at_once() {
+        let fetched = FetchOutcome {
+            took: Duration::from_millis(500),
+            ..outcome(0, 500)
+        };
+        assert_eq!(PACING.pause_after(fetched), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_broker_that_answers_empty_at_once_is_asked_at_most_once_per_linger() {
+        let fetched = FetchOutcome {
+            took: Duration::from_millis(1),
+            ..outcome(0, 1)
+        };
+        assert_eq!(PACING.pause_after(fetched), PACING.linger);
+    }
+
+    #[test]
+    fn a_trickle_waits_the_whole_linger() {
+        assert_eq!(PACING.pause_after(outcome(200, 100)), PACING.linger);
+    }
+
+    #[test]
+    fn steady_traffic_waits_about_as_long_as_filling_a_request_takes() {
+        // 16 KiB in 20 ms: 64 KiB take 80 ms, of which the request took 2.
+        let pause = PACING.pause_after(outcome(16 * 1024, 20));
+        assert_eq!(pause, Duration::from_millis(78));
+    }
+
+    #[test]
+    fn no_linger_never_pauses_while_records_come() {
+        let pacing = Pacing {
+            linger: Duration::ZERO,
+            ..PACING
+        };
+        assert_eq!(pacing.pause_after(outcome(200, 100)), Duration::ZERO);
+    }
+
+    fn stop(partitions: Vec<i32>) -> (Command, oneshot::Receiver<()>) {
+        let (done, stopped) = oneshot::channel();
+        (Command::Stop { partitions, done }, stopped)
+    }
+
+    #[test]
+    fn a_stopped_partition_is_not_read_and_the_stop_is_answered() {
+        let mut partitions = Partitions::default();
+        partitions.apply(Command::Start(BTreeMap::from([(0, 10), (1, 20)])));
+        let (command, mut stopped) = stop(vec![1]);
+        partitions.apply(command);
+        assert!(stopped.try_recv().is_ok());
+        assert!(partitions.reads(0, 10));
+        assert!(!partitions.reads(1, 20));
+        assert_eq!(partitions.due(Instant::now()).0, BTreeMap::from([(0, 10)]));
+    }
+
+    #[test]
+    fn a_held_partition_is_left_out_until_its_retry_is_due() {
+        let mut partitions = Partitions::default();
+        partitions.apply(Command::Start(BTreeMap::from([(0, 10), (1, 20)])));
+        let pause = partitions.hold(1);
+        let (due, next_retry) = partitions.due(Instant::now());
+        assert_eq!(due, BTreeMap::from([(0, 10)]));
+        assert!(next_retry.is_some());
+        let (due, _) = partitions.due(Instant::now() + pause + Duration::from_millis(1));
+        assert_eq!(due, BTreeMap::from([(0, 10), (1, 20)]));
+    }
+
+    #[test]
+    fn a_restarted_partition_is_read_from_its_new_offset() {
+        let mut partitions = Partitions::default();
+        partitions.apply(Command::Start(BTreeMap::from([(0, 10)])));
+        partitions.hold(0);
+        partitions.apply(Command::Start(BTreeMap::from([(0, 7)])));
+        assert!(!partitions.reads(0, 10));
+        assert_eq!(partitions.due(Instant::now()).0, BTreeMap::from([(0, 7)]));
     }
 }

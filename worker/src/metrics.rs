@@ -6,6 +6,9 @@ use purchase::metrics;
 pub struct Metrics {
     registry: Registry,
     pub records_consumed: IntCounter,
+    pub fetch_requests: IntCounter,
+    pub fetch_records: Histogram,
+    pub fetch_errors: IntCounter,
     pub documents_inserted: IntCounter,
     pub duplicates: IntCounter,
     pub dead_lettered: IntCounter,
@@ -23,6 +26,9 @@ impl Metrics {
         let r = Registry::new();
         Self {
             records_consumed: metrics::counter(&r, "worker_records_consumed_total", "Records fetched from Kafka"),
+            fetch_requests: metrics::counter(&r, "worker_fetch_requests_total", "Fetch requests sent (one per broker for all owned partitions)"),
+            fetch_records: metrics::histogram(&r, "worker_fetch_records", "Records per partition in one fetch response", metrics::size_buckets()),
+            fetch_errors: metrics::counter(&r, "worker_fetch_errors_total", "Partitions whose fetch failed (retried with backoff)"),
             documents_inserted: metrics::counter(&r, "worker_documents_inserted_total", "Purchases newly stored in MongoDB"),
             duplicates: metrics::counter(&r, "worker_duplicates_total", "Redelivered purchases that were already stored"),
             dead_lettered: metrics::counter(&r, "worker_dead_lettered_total", "Records sent to the dead-letter topic"),

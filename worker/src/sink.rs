@@ -1,7 +1,9 @@
-//! The sink: gathers decoded records from every fetcher into batches, writes each batch with
+//! The sink: gathers decoded records from the fetch loop into batches, writes each batch with
 //! one unordered `insert_many` (`_id` = eventId, so a redelivered purchase is a harmless
 //! duplicate key), sends poison records to the dead-letter topic, and only then commits the
-//! offsets. A failed write is retried with backoff while the fetchers wait; no offset is ever
+//! offsets. Batches form by group commit, not by a timer: a batch is written as soon as the
+//! sink is free, with everything that queued up during the previous write, so a lone
+//! purchase on a quiet system is stored at once and a busy stream in large writes. A failed write is retried with backoff while the fetchers wait; no offset is ever
 //! committed past a record that is not stored. A refused commit (the group was rebalancing)
 //! is carried into the next one, and retried on its own when nothing else comes, so a
 //! partition's committed offset catches up even when its traffic stops.
@@ -33,8 +35,9 @@ pub struct Sink {
     pub member: Arc<GroupMember>,
     pub topic: String,
     pub metrics: Arc<Metrics>,
+    /// Documents per write at most when more are queued (a single fetched batch larger
+    /// than this is still written whole).
     pub max_documents: usize,
-    pub max_age: Duration,
     /// Cancelled when the grace period is over: give up retrying, commit nothing more.
     pub abandon: CancellationToken,
 }
@@ -45,7 +48,6 @@ struct Pending {
     poison: Vec<PoisonRecord>,
     /// Next offset to read per partition, once this batch is stored.
     offsets: BTreeMap<i32, i64>,
-    since: Option<Instant>,
 }
 
 /// Offsets of stored records, per partition, not yet acknowledged by the group.
@@ -64,30 +66,39 @@ impl Sink {
     pub async fn run(self, mut inbox: mpsc::Receiver<SinkMessage>) {
         let mut pending = Pending::default();
         let mut commits = Commits::default();
+        // A message taken from the queue while gathering a batch, handled next.
+        let mut carried: Option<SinkMessage> = None;
         loop {
-            let write_at = pending.since.map(|since| since + self.max_age);
-            let message = tokio::select! {
-                message = inbox.recv() => message,
-                () = sleep_until(write_at), if write_at.is_some() => {
-                    self.flush(&mut pending, &mut commits).await;
-                    continue;
-                }
-                settled = in_flight(&mut commits.in_flight), if commits.in_flight.is_some() => {
-                    commits.settle(settled);
-                    continue;
-                }
-                () = sleep_until(commits.retry_at), if commits.retry_at.is_some() => {
-                    commits.retry_at = None;
-                    self.commit(&mut commits).await;
-                    continue;
-                }
+            let message = match carried.take() {
+                Some(message) => Some(message),
+                None => tokio::select! {
+                    message = inbox.recv() => message,
+                    settled = in_flight(&mut commits.in_flight), if commits.in_flight.is_some() => {
+                        commits.settle(settled);
+                        continue;
+                    }
+                    () = sleep_until(commits.retry_at), if commits.retry_at.is_some() => {
+                        commits.retry_at = None;
+                        self.commit(&mut commits).await;
+                        continue;
+                    }
+                },
             };
             match message {
                 Some(SinkMessage::Records(batch)) => {
                     pending.add(batch);
-                    if pending.documents.len() + pending.poison.len() >= self.max_documents {
-                        self.flush(&mut pending, &mut commits).await;
+                    // Group commit: what queued up during the last write joins this one.
+                    while pending.len() < self.max_documents {
+                        match inbox.try_recv() {
+                            Ok(SinkMessage::Records(batch)) => pending.add(batch),
+                            Ok(other) => {
+                                carried = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
                     }
+                    self.flush(&mut pending, &mut commits).await;
                 }
                 Some(SinkMessage::Flush { release, done }) => {
                     self.flush(&mut pending, &mut commits).await;
@@ -250,8 +261,11 @@ impl Commits {
 }
 
 impl Pending {
+    fn len(&self) -> usize {
+        self.documents.len() + self.poison.len()
+    }
+
     fn add(&mut self, batch: FetchedBatch) {
-        self.since.get_or_insert_with(Instant::now);
         self.offsets.insert(batch.partition, batch.next_offset);
         for record in batch.records {
             match record {

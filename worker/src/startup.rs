@@ -16,12 +16,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    config::WorkerConfig,
-    dlq::DeadLetters,
-    fetcher::{FetchSettings, Fetchers},
-    metrics::Metrics,
-    ops,
-    sink::Sink,
+    config::WorkerConfig, dlq::DeadLetters, fetcher::Fetchers, metrics::Metrics, ops, sink::Sink,
 };
 
 /// Fetched batches waiting for the sink; when full, fetchers wait (backpressure).
@@ -111,7 +106,6 @@ impl Worker {
                 topic: config.kafka.events.topic.clone(),
                 metrics: Arc::clone(&metrics),
                 max_documents: config.batch.max_documents.max(1),
-                max_age: config.batch.max_age,
                 abandon: abandon.clone(),
             }
             .run(inbox),
@@ -137,11 +131,8 @@ impl Worker {
             kafka,
             config.kafka.events.topic.clone(),
             Arc::clone(&member),
-            FetchSettings {
-                max_bytes: config.batch.fetch_max_bytes,
-                max_wait: config.batch.fetch_max_wait,
-                reset: config.group.offset_reset,
-            },
+            config.record_fetcher(),
+            config.fetch_settings(),
             sink,
             Arc::clone(&metrics),
         );

@@ -126,7 +126,6 @@ impl Pipeline {
             .env("KAFKA_REBALANCE_TIMEOUT", "10s")
             .env("KAFKA_HEARTBEAT_INTERVAL", "300ms")
             .env("WORKER_DLQ_TOPIC", format!("{}.dlq", self.topic))
-            .env("WORKER_BATCH_MAX_AGE", "100ms")
             .env("MONGO_URI", &self.mongo)
             .env("MONGO_DATABASE", &self.database)
             .env("MONGO_TIMEOUT", "2s")

@@ -9,5 +9,6 @@ mod dead_letters;
 mod delivery;
 mod exit;
 mod fleet;
+mod pacing;
 mod scale;
 mod start;
