@@ -99,6 +99,21 @@ impl Process {
         panic!("{url} not ready within 60 s");
     }
 
+    /// Purchases this worker newly stored (MongoDB acknowledged them), from its metrics:
+    /// cheap to poll, where counting the collection every few milliseconds would load the
+    /// database being measured.
+    async fn inserted(&self) -> u64 {
+        let url = format!("http://127.0.0.1:{}/metrics", self.port);
+        let Ok(response) = reqwest::get(&url).await else {
+            return 0;
+        };
+        let text = response.text().await.unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix("worker_documents_inserted_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map_or(0, |v| v as u64)
+    }
+
     fn terminate(mut self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
@@ -252,6 +267,7 @@ async fn main() {
         mongo: InfraServer::start("mongo"),
     };
     let broker_cpu = || cpu_seconds(servers.kafka.pid());
+    let database_cpu = || cpu_seconds(servers.mongo.pid());
     println!(
         "pipeline benchmark: {workers} worker(s), wrk -t2 -c{connections} -d{duration}s, {PARTITIONS} partitions, default log levels"
     );
@@ -273,20 +289,26 @@ async fn main() {
         .ready_fleet(workers, "bench-live", "bench-live-workers")
         .await;
     let warm_up = wrk(&gateway, 2, connections);
-    let warmed = wait_stored(&servers, warm_up.accepted, Duration::from_secs(60)).await;
+    let warmed = wait_inserted(&fleet, warm_up.accepted, Duration::from_secs(60)).await;
     let fleet_cpu = |fleet: &[Process]| fleet.iter().map(Process::cpu).sum::<f64>();
-    let (broker_before, gateway_before, workers_before) =
-        (broker_cpu(), gateway.cpu(), fleet_cpu(&fleet));
+    let (broker_before, gateway_before, workers_before, database_before) = (
+        broker_cpu(),
+        gateway.cpu(),
+        fleet_cpu(&fleet),
+        database_cpu(),
+    );
     let started = Instant::now();
     let live = wrk(&gateway, duration, connections);
     let load_ended = Instant::now();
-    let stored_at_end = servers.stored("purchases").await - warmed;
-    let all = wait_stored(&servers, warmed + live.accepted, Duration::from_secs(300)).await;
+    let stored_at_end = inserted_by(&fleet).await - warmed;
+    let all = wait_inserted(&fleet, warmed + live.accepted, Duration::from_secs(300)).await;
     let drain = load_ended.elapsed();
     let stored = all - warmed;
     let live_broker = broker_cpu() - broker_before;
     let live_gateway = gateway.cpu() - gateway_before;
     let live_workers = fleet_cpu(&fleet) - workers_before;
+    let live_database = database_cpu() - database_before;
+    let in_database = servers.stored("purchases").await;
     let end_to_end = stored as f64 / started.elapsed().as_secs_f64();
 
     // 4. Single purchases on the now quiet stack.
@@ -319,13 +341,20 @@ async fn main() {
     let fresh: Vec<Process> = (0..workers)
         .map(|_| servers.worker("bench-backlog", "bench-backlog-workers"))
         .collect();
-    let first = wait_stored(&servers, before_backlog + 1, Duration::from_secs(120)).await;
+    let first = wait_inserted(&fresh, 1, Duration::from_secs(120)).await;
     let first_at = started.elapsed();
     let flowing = Instant::now();
-    let done = wait_stored(&servers, before_backlog + queued, Duration::from_secs(300)).await;
-    let drained = done - first;
-    let drain_rate = drained as f64 / flowing.elapsed().as_secs_f64();
+    let cpu_before = (broker_cpu(), database_cpu(), fleet_cpu(&fresh));
+    let done = wait_inserted(&fresh, queued, Duration::from_secs(300)).await;
+    let drain_seconds = flowing.elapsed().as_secs_f64();
+    let drain_rate = (done - first) as f64 / drain_seconds;
+    let drain_cpu = (
+        broker_cpu() - cpu_before.0,
+        database_cpu() - cpu_before.1,
+        fleet_cpu(&fresh) - cpu_before.2,
+    );
     drop(fresh);
+    let backlog_in_database = servers.stored("purchases").await - before_backlog;
 
     let accepted_alone = alone.accepted as f64 / alone.seconds;
     let accepted_live = live.accepted as f64 / live.seconds;
@@ -353,9 +382,13 @@ async fn main() {
         "| worker CPU-s per 10k purchases (all workers) | – | {:.2} | |",
         per_10k(live_workers, live.accepted)
     );
+    println!(
+        "| database CPU-s per 10k purchases | – | {:.2} | |",
+        per_10k(live_database, live.accepted)
+    );
     println!();
     println!(
-        "live: {} accepted, {stored_at_end} stored when the load stopped, all {stored} stored {:.1} s after it stopped; end to end {end_to_end:.0} docs/s",
+        "live: {} accepted, {stored_at_end} stored when the load stopped, all {stored} stored {:.1} s after it stopped; end to end {end_to_end:.0} docs/s; {in_database} documents in MongoDB",
         live.accepted,
         drain.as_secs_f64()
     );
@@ -365,9 +398,13 @@ async fn main() {
         quiet[quiet.len() - 1].as_secs_f64() * 1000.0
     );
     println!(
-        "backlog of {queued} in a group with history: first record stored {:.1} s after the workers started; {drain_rate:.0} docs/s once flowing; raw rskafka fetch of the same topic {raw:.0} records/s; ratio {:.2}",
+        "backlog of {queued} in a group with history: first record stored {:.1} s after the workers started; {drain_rate:.0} docs/s once flowing; raw rskafka fetch of the same topic {raw:.0} records/s; ratio {:.2}; {backlog_in_database} documents in MongoDB",
         first_at.as_secs_f64(),
         drain_rate / raw
+    );
+    println!(
+        "backlog drain CPU over {drain_seconds:.1} s: broker {:.1} s, database {:.1} s, workers {:.1} s",
+        drain_cpu.0, drain_cpu.1, drain_cpu.2
     );
 }
 
@@ -406,11 +443,20 @@ async fn one_purchase_until_stored(servers: &Servers, gateway: &Process) -> Dura
     }
 }
 
-/// Waits until at least `count` purchases are stored; returns how many are.
-async fn wait_stored(servers: &Servers, count: u64, timeout: Duration) -> u64 {
+/// Purchases `fleet` has newly stored so far.
+async fn inserted_by(fleet: &[Process]) -> u64 {
+    let mut stored = 0;
+    for worker in fleet {
+        stored += worker.inserted().await;
+    }
+    stored
+}
+
+/// Waits until `fleet` has stored at least `count` purchases; returns how many it has.
+async fn wait_inserted(fleet: &[Process], count: u64, timeout: Duration) -> u64 {
     let started = Instant::now();
     loop {
-        let stored = servers.stored("purchases").await;
+        let stored = inserted_by(fleet).await;
         if stored >= count {
             return stored;
         }

@@ -138,7 +138,7 @@ pub struct BatchArgs {
 /// record is read as soon as it arrives while it is idle.
 #[derive(Debug, Clone, clap::Args)]
 pub struct FetchArgs {
-    /// Bytes asked for per partition and request.
+    /// Bytes one request may bring back, all partitions together (and so each partition).
     #[arg(id = "fetch-max-bytes", long = "fetch-max-bytes", env = "WORKER_FETCH_MAX_BYTES", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(i32).range(1024..))]
     pub max_bytes: i32,
 
@@ -174,7 +174,7 @@ impl WorkerConfig {
             limits: FetchLimits {
                 min_bytes: 1,
                 max_wait: fetch.max_wait,
-                max_bytes: fetch.max_bytes.max(RESPONSE_MAX_BYTES),
+                max_bytes: fetch.max_bytes,
                 partition_max_bytes: fetch.max_bytes,
             },
             pacing: Pacing {
@@ -185,10 +185,6 @@ impl WorkerConfig {
         }
     }
 }
-
-/// Bytes per response, all partitions together (Kafka's own consumer default is 50 MiB; the
-/// sink's queue holds a few responses).
-const RESPONSE_MAX_BYTES: i32 = 8 * 1024 * 1024;
 
 #[cfg(test)]
 mod tests {
