@@ -99,19 +99,41 @@ impl Process {
         panic!("{url} not ready within 60 s");
     }
 
+    /// One value from its `/metrics` (0 when it cannot be read).
+    async fn metric(&self, name: &str) -> f64 {
+        let url = format!("http://127.0.0.1:{}/metrics", self.port);
+        let Ok(response) = reqwest::get(&url).await else {
+            return 0.0;
+        };
+        let text = response.text().await.unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    }
+
     /// Purchases this worker newly stored (MongoDB acknowledged them), from its metrics:
     /// cheap to poll, where counting the collection every few milliseconds would load the
     /// database being measured.
     async fn inserted(&self) -> u64 {
-        let url = format!("http://127.0.0.1:{}/metrics", self.port);
-        let Ok(response) = reqwest::get(&url).await else {
-            return 0;
-        };
-        let text = response.text().await.unwrap_or_default();
-        text.lines()
-            .find_map(|l| l.strip_prefix("worker_documents_inserted_total "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .map_or(0, |v| v as u64)
+        self.metric("worker_documents_inserted_total").await as u64
+    }
+
+    /// (records, produce calls) the gateway has sent to Kafka so far.
+    async fn produce_batches(&self) -> (f64, f64) {
+        (
+            self.metric("gateway_kafka_produce_batch_records_sum").await,
+            self.metric("gateway_kafka_produce_batch_records_count")
+                .await,
+        )
+    }
+
+    /// (records fetched, fetch requests) of a worker so far.
+    async fn fetches(&self) -> (f64, f64) {
+        (
+            self.metric("worker_records_consumed_total").await,
+            self.metric("worker_fetch_requests_total").await,
+        )
     }
 
     fn terminate(mut self) {
@@ -277,9 +299,11 @@ async fn main() {
     gateway.wait_ready().await;
     let _ = wrk(&gateway, 2, connections); // warm-up: connections, topic metadata
     let (broker_before, gateway_before) = (broker_cpu(), gateway.cpu());
+    let produced_before = gateway.produce_batches().await;
     let alone = wrk(&gateway, duration, connections);
     let alone_broker = broker_cpu() - broker_before;
     let alone_gateway = gateway.cpu() - gateway_before;
+    let alone_batch = mean_batch(produced_before, gateway.produce_batches().await);
     drop(gateway);
 
     // 2. The same load with the workers running, then until everything is stored.
@@ -297,9 +321,13 @@ async fn main() {
         fleet_cpu(&fleet),
         database_cpu(),
     );
+    let produced_before = gateway.produce_batches().await;
+    let fetched_before = fleet_fetches(&fleet).await;
     let started = Instant::now();
     let live = wrk(&gateway, duration, connections);
     let load_ended = Instant::now();
+    let live_batch = mean_batch(produced_before, gateway.produce_batches().await);
+    let live_fetch = mean_batch(fetched_before, fleet_fetches(&fleet).await);
     let stored_at_end = inserted_by(&fleet).await - warmed;
     let all = wait_inserted(&fleet, warmed + live.accepted, Duration::from_secs(300)).await;
     let drain = load_ended.elapsed();
@@ -386,6 +414,8 @@ async fn main() {
         "| database CPU-s per 10k purchases | – | {:.2} | |",
         per_10k(live_database, live.accepted)
     );
+    println!("| records per produce call (gateway) | {alone_batch:.1} | {live_batch:.1} | |");
+    println!("| records per fetch request (workers) | – | {live_fetch:.1} | |");
     println!();
     println!(
         "live: {} accepted, {stored_at_end} stored when the load stopped, all {stored} stored {:.1} s after it stopped; end to end {end_to_end:.0} docs/s; {in_database} documents in MongoDB",
@@ -441,6 +471,21 @@ async fn one_purchase_until_stored(servers: &Servers, gateway: &Process) -> Dura
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// Records per call between two (records, calls) readings.
+fn mean_batch(before: (f64, f64), after: (f64, f64)) -> f64 {
+    (after.0 - before.0) / (after.1 - before.1).max(1.0)
+}
+
+/// (records fetched, fetch requests) of the whole fleet so far.
+async fn fleet_fetches(fleet: &[Process]) -> (f64, f64) {
+    let mut total = (0.0, 0.0);
+    for worker in fleet {
+        let (records, requests) = worker.fetches().await;
+        total = (total.0 + records, total.1 + requests);
+    }
+    total
 }
 
 /// Purchases `fleet` has newly stored so far.

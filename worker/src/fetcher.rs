@@ -393,6 +393,7 @@ impl Partitions {
         (due, next_retry)
     }
 
+    /// Leaves `partition` out of requests for its next backoff step.
     fn hold(&mut self, partition: i32) -> Duration {
         let (retry_at, backoff) = self.held.entry(partition).or_insert_with(|| {
             (
@@ -523,6 +524,9 @@ impl FetchLoop {
         stop: &CancellationToken,
     ) -> Result<(usize, bool), Stopped> {
         let (mut bytes, mut backlog) = (0, false);
+        // Partitions that failed, by error: a broker that is down fails all of its
+        // partitions with one error, and says so in one log line.
+        let mut failed: BTreeMap<String, Vec<i32>> = BTreeMap::new();
         for (tp, outcome) in outcomes {
             let partition = tp.partition;
             let Some(&offset) = due.get(&partition) else {
@@ -534,7 +538,11 @@ impl FetchLoop {
             let fetched = match outcome {
                 Ok(fetched) => fetched,
                 Err(e) => {
-                    self.on_error(partition, offset, e).await;
+                    if !self.reset_if_out_of_range(partition, offset, &e).await {
+                        self.partitions.hold(partition);
+                        self.metrics.fetch_errors.inc();
+                        failed.entry(e.to_string()).or_default().push(partition);
+                    }
                     continue;
                 }
             };
@@ -560,6 +568,9 @@ impl FetchLoop {
                     .collect(),
             };
             self.hand_over(batch, offset, inbox, stop).await?;
+        }
+        for (error, partitions) in failed {
+            tracing::warn!(?partitions, %error, "fetch failed; retrying with backoff");
         }
         Ok((bytes, backlog))
     }
@@ -591,27 +602,35 @@ impl FetchLoop {
         }
     }
 
-    async fn on_error(&mut self, partition: i32, offset: i64, error: kafka_group::Error) {
-        if error.protocol() == Some(ResponseError::OffsetOutOfRange) {
-            match self.starts.offset(partition).await {
-                Ok(reset) => {
-                    tracing::warn!(
-                        partition,
-                        from = offset,
-                        to = reset,
-                        "offset out of range, reset"
-                    );
-                    if self.partitions.reads(partition, offset) {
-                        self.partitions.next.insert(partition, reset);
-                    }
-                    return;
+    /// A partition whose offset fell out of the log starts again where the reset policy
+    /// says; `false` for any other error.
+    async fn reset_if_out_of_range(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        error: &kafka_group::Error,
+    ) -> bool {
+        if error.protocol() != Some(ResponseError::OffsetOutOfRange) {
+            return false;
+        }
+        match self.starts.offset(partition).await {
+            Ok(reset) => {
+                tracing::warn!(
+                    partition,
+                    from = offset,
+                    to = reset,
+                    "offset out of range, reset"
+                );
+                if self.partitions.reads(partition, offset) {
+                    self.partitions.next.insert(partition, reset);
                 }
-                Err(e) => tracing::warn!(partition, error = %e, "cannot reset offset"),
+                true
+            }
+            Err(e) => {
+                tracing::warn!(partition, error = %e, "cannot reset offset");
+                false
             }
         }
-        let retry_in = self.partitions.hold(partition);
-        self.metrics.fetch_errors.inc();
-        tracing::warn!(partition, offset, %error, ?retry_in, "fetch failed");
     }
 }
 

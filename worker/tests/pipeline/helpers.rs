@@ -320,6 +320,28 @@ impl Drop for WorkerProcess {
     }
 }
 
+/// Until every partition of the pipeline is owned by one of `workers`.
+pub async fn wait_assigned(workers: &[&WorkerProcess], timeout: Duration) {
+    let started = Instant::now();
+    loop {
+        let mut owned = 0.0;
+        for worker in workers {
+            owned += worker
+                .metric("worker_assigned_partitions")
+                .await
+                .unwrap_or(0.0);
+        }
+        if owned == f64::from(PARTITIONS) {
+            return;
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "the workers own {owned} of {PARTITIONS} partitions after {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Every accepted purchase is stored, and nothing else, each exactly once.
 pub fn assert_exactly_once(accepted: &BTreeSet<String>, stored: &[String]) {
     let distinct: BTreeSet<&String> = stored.iter().collect();

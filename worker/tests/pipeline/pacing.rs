@@ -8,28 +8,6 @@ use serde_json::{json, Value};
 
 use crate::helpers::*;
 
-/// Until every partition of the pipeline is owned by one of `workers`.
-async fn wait_assigned(workers: &[&WorkerProcess], timeout: Duration) {
-    let started = Instant::now();
-    loop {
-        let mut owned = 0.0;
-        for worker in workers {
-            owned += worker
-                .metric("worker_assigned_partitions")
-                .await
-                .unwrap_or(0.0);
-        }
-        if owned == f64::from(PARTITIONS) {
-            return;
-        }
-        assert!(
-            started.elapsed() < timeout,
-            "the workers own {owned} of {PARTITIONS} partitions after {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// POSTs one purchase and returns how long after its 202 the history API showed it.
 async fn one_purchase_until_visible(
     pipeline: &Pipeline,
