@@ -453,6 +453,14 @@ impl FetchLoop {
                 took,
                 max_wait: self.limits.max_wait,
             });
+            tracing::debug!(
+                partitions = due.len(),
+                bytes,
+                backlog,
+                ?took,
+                ?pause,
+                "fetched"
+            );
         }
     }
 

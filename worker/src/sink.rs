@@ -176,6 +176,7 @@ impl Sink {
                 .observe(started.elapsed().as_secs_f64());
             match classify(result, documents.len()) {
                 Ok((inserted, duplicates)) => {
+                    tracing::debug!(documents = documents.len(), took = ?started.elapsed(), "batch stored");
                     self.metrics.batch_documents.observe(documents.len() as f64);
                     self.metrics.documents_inserted.inc_by(inserted as u64);
                     self.metrics.duplicates.inc_by(duplicates as u64);
