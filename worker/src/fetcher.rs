@@ -17,6 +17,8 @@
 
 use std::{
     collections::BTreeMap,
+    future::Future,
+    pin::Pin,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -199,7 +201,6 @@ impl Fetchers {
         let stop = CancellationToken::new();
         let fetch_loop = tokio::spawn(
             FetchLoop {
-                fetcher,
                 topic,
                 limits: settings.limits,
                 pacing: settings.pacing,
@@ -208,7 +209,7 @@ impl Fetchers {
                 metrics: Arc::clone(&metrics),
                 partitions: Partitions::default(),
             }
-            .run(inbox, stop.clone()),
+            .run(fetcher, inbox, stop.clone()),
         );
         Self {
             member,
@@ -393,6 +394,27 @@ impl Partitions {
         (due, next_retry)
     }
 
+    /// The partitions to ask for next, before `outcomes` (the response to a request for
+    /// `due`) is handed over: where it went well, from where it ended; failed ones are left
+    /// out (they wait out a backoff).
+    fn after(&self, due: &BTreeMap<i32, i64>, outcomes: &Outcomes) -> BTreeMap<i32, i64> {
+        let (mut next, _) = self.due(Instant::now());
+        for (tp, outcome) in outcomes {
+            let Some(&requested) = due.get(&tp.partition) else {
+                continue;
+            };
+            match outcome {
+                Ok(fetched) if self.reads(tp.partition, requested) => {
+                    next.insert(tp.partition, fetched.next_offset.max(requested));
+                }
+                _ => {
+                    next.remove(&tp.partition);
+                }
+            }
+        }
+        next
+    }
+
     /// Leaves `partition` out of requests for its next backoff step.
     fn hold(&mut self, partition: i32) -> Duration {
         let (retry_at, backoff) = self.held.entry(partition).or_insert_with(|| {
@@ -407,8 +429,17 @@ impl Partitions {
     }
 }
 
+type Outcomes = BTreeMap<TopicPartition, kafka_group::Result<PartitionRecords>>;
+
+/// A request on its way. It owns the fetcher until its response is in, so the loop can hand
+/// the previous response to the sink meanwhile.
+struct InFlight {
+    due: BTreeMap<i32, i64>,
+    started: Instant,
+    response: Pin<Box<dyn Future<Output = (RecordFetcher, Outcomes)> + Send>>,
+}
+
 struct FetchLoop {
-    fetcher: RecordFetcher,
     topic: String,
     limits: FetchLimits,
     pacing: Pacing,
@@ -424,31 +455,54 @@ struct Stopped;
 impl FetchLoop {
     /// Runs until `stop` or until the sink is gone. Whatever was fetched but not handed over
     /// is dropped: it was not committed, so the next owner reads it again.
-    async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<Command>, stop: CancellationToken) {
+    async fn run(
+        mut self,
+        fetcher: RecordFetcher,
+        mut inbox: mpsc::UnboundedReceiver<Command>,
+        stop: CancellationToken,
+    ) {
+        let mut fetcher = Some(fetcher);
+        let mut prefetched: Option<InFlight> = None;
         let mut pause = Duration::ZERO;
         let mut last_request: Option<Instant> = None;
         // A partition just assigned may be far behind: the first request asks for it all.
         let mut behind = true;
         loop {
-            let Ok(due) = self.wait(pause, &mut inbox, &stop).await else {
-                return;
+            let request = match prefetched.take() {
+                Some(request) => request,
+                None => {
+                    let Ok(due) = self.wait(pause, &mut inbox, &stop).await else {
+                        return;
+                    };
+                    let Some(idle) = fetcher.take() else { return };
+                    let limits = self.pacing.limits(&self.limits, behind);
+                    self.send(idle, due, limits)
+                }
             };
-            let started = Instant::now();
+            let (due, started) = (request.due.clone(), request.started);
             let interval = last_request.map_or(Duration::ZERO, |at| started - at);
             last_request = Some(started);
-            let limits = self.pacing.limits(&self.limits, behind);
-            let Ok(outcomes) = self.fetch(&due, &limits, &mut inbox, &stop).await else {
+            let Ok((idle, outcomes)) = self.receive(request, &mut inbox, &stop).await else {
                 return;
             };
             let took = started.elapsed();
-            let Ok((bytes, backlog)) = self.dispatch(&due, outcomes, &mut inbox, &stop).await
-            else {
+            behind = outcomes
+                .values()
+                .any(|o| o.as_ref().is_ok_and(|r| r.next_offset < r.high_watermark));
+            if behind {
+                // Ask for what follows now, while this response goes to the sink: the broker
+                // builds the next response while the database stores this one.
+                let next = self.partitions.after(&due, &outcomes);
+                prefetched = Some(self.send(idle, next, self.limits.clone()));
+            } else {
+                fetcher = Some(idle);
+            }
+            let Ok(bytes) = self.dispatch(&due, outcomes, &mut inbox, &stop).await else {
                 return;
             };
-            behind = backlog;
             pause = self.pacing.pause_after(FetchOutcome {
                 bytes,
-                backlog,
+                backlog: behind,
                 interval,
                 took,
                 max_wait: self.limits.max_wait,
@@ -456,11 +510,53 @@ impl FetchLoop {
             tracing::debug!(
                 partitions = due.len(),
                 bytes,
-                backlog,
+                behind,
                 ?took,
                 ?pause,
                 "fetched"
             );
+        }
+    }
+
+    /// Sends one request per leader for the `due` partitions.
+    fn send(
+        &self,
+        mut fetcher: RecordFetcher,
+        due: BTreeMap<i32, i64>,
+        limits: FetchLimits,
+    ) -> InFlight {
+        let positions: BTreeMap<TopicPartition, i64> = due
+            .iter()
+            .map(|(p, o)| (TopicPartition::new(&self.topic, *p), *o))
+            .collect();
+        self.metrics.fetch_requests.inc();
+        InFlight {
+            due,
+            started: Instant::now(),
+            response: Box::pin(async move {
+                let outcomes = fetcher.fetch(&positions, &limits).await;
+                (fetcher, outcomes)
+            }),
+        }
+    }
+
+    /// Waits for the response, applying commands meanwhile (a stop is answered at once: its
+    /// partitions' records are dropped when they come).
+    async fn receive(
+        &mut self,
+        mut request: InFlight,
+        inbox: &mut mpsc::UnboundedReceiver<Command>,
+        stop: &CancellationToken,
+    ) -> Result<(RecordFetcher, Outcomes), Stopped> {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return Err(Stopped),
+                response = &mut request.response => return Ok(response),
+                command = inbox.recv() => match command {
+                    Some(command) => self.partitions.apply(command),
+                    None => return Err(Stopped),
+                },
+            }
         }
     }
 
@@ -494,44 +590,16 @@ impl FetchLoop {
         }
     }
 
-    /// One request per leader for the `due` partitions. Commands are applied while it runs
-    /// (a stop is answered at once: its partitions' records are dropped when they come).
-    async fn fetch(
-        &mut self,
-        due: &BTreeMap<i32, i64>,
-        limits: &FetchLimits,
-        inbox: &mut mpsc::UnboundedReceiver<Command>,
-        stop: &CancellationToken,
-    ) -> Result<BTreeMap<TopicPartition, kafka_group::Result<PartitionRecords>>, Stopped> {
-        let positions: BTreeMap<TopicPartition, i64> = due
-            .iter()
-            .map(|(p, o)| (TopicPartition::new(&self.topic, *p), *o))
-            .collect();
-        self.metrics.fetch_requests.inc();
-        let fetch = self.fetcher.fetch(&positions, limits);
-        tokio::pin!(fetch);
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => return Err(Stopped),
-                outcomes = &mut fetch => return Ok(outcomes),
-                command = inbox.recv() => match command {
-                    Some(command) => self.partitions.apply(command),
-                    None => return Err(Stopped),
-                },
-            }
-        }
-    }
-
     /// Hands each partition's records to the sink, in partition order, and moves the
-    /// partitions on; returns the bytes fetched and whether any partition has more waiting.
+    /// partitions on; returns the bytes fetched.
     async fn dispatch(
         &mut self,
         due: &BTreeMap<i32, i64>,
-        outcomes: BTreeMap<TopicPartition, kafka_group::Result<PartitionRecords>>,
+        outcomes: Outcomes,
         inbox: &mut mpsc::UnboundedReceiver<Command>,
         stop: &CancellationToken,
-    ) -> Result<(usize, bool), Stopped> {
-        let (mut bytes, mut backlog) = (0, false);
+    ) -> Result<usize, Stopped> {
+        let mut bytes = 0;
         // Partitions that failed, by error: a broker that is down fails all of its
         // partitions with one error, and says so in one log line.
         let mut failed: BTreeMap<String, Vec<i32>> = BTreeMap::new();
@@ -556,7 +624,6 @@ impl FetchLoop {
             };
             self.partitions.held.remove(&partition);
             bytes += fetched.bytes;
-            backlog |= fetched.next_offset < fetched.high_watermark;
             if fetched.next_offset <= offset {
                 continue;
             }
@@ -580,7 +647,7 @@ impl FetchLoop {
         for (error, partitions) in failed {
             tracing::warn!(?partitions, %error, "fetch failed; retrying with backoff");
         }
-        Ok((bytes, backlog))
+        Ok(bytes)
     }
 
     /// Sends `batch` once the sink has room, unless its partition stops meanwhile.
@@ -784,6 +851,39 @@ mod tests {
         assert!(next_retry.is_some());
         let (due, _) = partitions.due(Instant::now() + pause + Duration::from_millis(1));
         assert_eq!(due, BTreeMap::from([(0, 10), (1, 20)]));
+    }
+
+    fn records(next_offset: i64) -> kafka_group::Result<PartitionRecords> {
+        Ok(PartitionRecords {
+            records: Vec::new(),
+            next_offset,
+            high_watermark: next_offset + 100,
+            bytes: 0,
+        })
+    }
+
+    #[test]
+    fn the_request_sent_ahead_goes_on_from_where_each_partition_ended() {
+        let mut partitions = Partitions::default();
+        partitions.apply(Command::Start(BTreeMap::from([(0, 10), (1, 20), (2, 30)])));
+        let due = BTreeMap::from([(0, 10), (1, 20), (2, 30)]);
+        // Started while the request was out: not in the response, asked for from its start.
+        partitions.apply(Command::Start(BTreeMap::from([(3, 40)])));
+        // Stopped while the request was out: its records are not asked for again.
+        let (command, _stopped) = stop(vec![2]);
+        partitions.apply(command);
+        let outcomes: Outcomes = BTreeMap::from([
+            (TopicPartition::new("t", 0), records(15)),
+            (
+                TopicPartition::new("t", 1),
+                Err(kafka_group::Error::Io("broken".into())),
+            ),
+            (TopicPartition::new("t", 2), records(35)),
+        ]);
+        assert_eq!(
+            partitions.after(&due, &outcomes),
+            BTreeMap::from([(0, 15), (3, 40)])
+        );
     }
 
     #[test]
