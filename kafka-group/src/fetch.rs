@@ -33,7 +33,7 @@ use kafka_protocol::{
 use crate::{
     cluster::Cluster,
     connection::Connection,
-    error::{protocol_error, Error, Result},
+    error::{check, Error, Result},
     TopicPartition,
 };
 
@@ -252,12 +252,7 @@ async fn fetch_from(
     let response = connection
         .send_with_version(&request, version, timeout)
         .await?;
-    if let Some(error) = protocol_error(response.error_code) {
-        return Err(Error::Protocol {
-            api: "Fetch",
-            error,
-        });
-    }
+    check("Fetch", response.error_code)?;
     Ok(response)
 }
 
@@ -288,12 +283,7 @@ fn leadership_moved(error: &Error) -> bool {
 }
 
 fn partition_records(data: PartitionData, offset: i64) -> Result<PartitionRecords> {
-    if let Some(error) = protocol_error(data.error_code) {
-        return Err(Error::Protocol {
-            api: "Fetch",
-            error,
-        });
-    }
+    check("Fetch", data.error_code)?;
     let records = data.records.unwrap_or_default();
     let bytes = records.len();
     let aborted = data.aborted_transactions.unwrap_or_default();

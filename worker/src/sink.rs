@@ -3,7 +3,8 @@
 //! duplicate key), sends poison records to the dead-letter topic, and only then commits the
 //! offsets. Batches form by group commit, not by a timer: a batch is written as soon as the
 //! sink is free, with everything that queued up during the previous write, so a lone
-//! purchase on a quiet system is stored at once and a busy stream in large writes. A failed write is retried with backoff while the fetchers wait; no offset is ever
+//! purchase on a quiet system is stored at once and a busy stream in large writes. A failed
+//! write is retried with backoff while the fetchers wait; no offset is ever
 //! committed past a record that is not stored. A refused commit (the group was rebalancing)
 //! is carried into the next one, and retried on its own when nothing else comes, so a
 //! partition's committed offset catches up even when its traffic stops.

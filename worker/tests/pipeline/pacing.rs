@@ -43,6 +43,16 @@ async fn one_purchase_until_visible(
     }
 }
 
+/// `count` purchases one at a time, 150 ms apart: each alone on the wire.
+async fn trickle(pipeline: &Pipeline, count: usize) -> std::collections::BTreeSet<String> {
+    let mut accepted = std::collections::BTreeSet::new();
+    for _ in 0..count {
+        accepted.extend(pipeline.post_purchases(1, 1).await);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    accepted
+}
+
 #[tokio::test]
 async fn a_single_purchase_on_an_idle_stack_is_in_the_history_within_two_seconds_of_its_202() {
     // Alone, so the figure is the pipeline's, not that of another test's stream.
@@ -71,11 +81,7 @@ async fn purchases_sent_while_the_fleet_idles_is_busy_and_grows_are_stored_exact
     wait_assigned(&[&first], Duration::from_secs(60)).await;
 
     // Idle: a trickle, each purchase alone on the wire.
-    let mut accepted = std::collections::BTreeSet::new();
-    for _ in 0..20 {
-        accepted.extend(pipeline.post_purchases(1, 1).await);
-        tokio::time::sleep(Duration::from_millis(150)).await;
-    }
+    let mut accepted = trickle(&pipeline, 20).await;
     // Busy, with a second worker joining while the burst runs.
     let burst = pipeline.post_purchases(3000, 64);
     let joining = async {
@@ -85,10 +91,7 @@ async fn purchases_sent_while_the_fleet_idles_is_busy_and_grows_are_stored_exact
     let (burst, second) = tokio::join!(burst, joining);
     accepted.extend(burst);
     // Idle again after the burst, while the group may still be settling.
-    for _ in 0..20 {
-        accepted.extend(pipeline.post_purchases(1, 1).await);
-        tokio::time::sleep(Duration::from_millis(150)).await;
-    }
+    accepted.extend(trickle(&pipeline, 20).await);
     assert_eq!(accepted.len(), 3040);
 
     let stored = pipeline
