@@ -26,7 +26,7 @@ kafka="$(scripts/infra.sh start kafka "$work/kafka" --owner-pid $$)"
 mongo="$(scripts/infra.sh start mongo "$work/mongo" --owner-pid $$)"
 port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 RUST_LOG=warn target/release/gateway --listen "127.0.0.1:$port" --kafka-brokers "$kafka" \
-  --kafka-topic bench-purchases --mongo-uri "$mongo" >"$work/gateway.log" 2>&1 &
+  --kafka-topic bench-purchases --mongo-uri "$mongo" --auth-disabled >"$work/gateway.log" 2>&1 &
 gateway_pid=$!
 for _ in $(seq 1 100); do
   curl -fs "http://127.0.0.1:$port/readyz" >/dev/null && break

@@ -39,7 +39,8 @@ up() {
   ln -sf ../kafka/server.log "$logs/kafka.log"
   ln -sf ../mongo/server.log "$logs/mongo.log"
   cargo build --release -p gateway -p worker
-  start_service gateway env KAFKA_BROKERS="$kafka" MONGO_URI="$mongo" GATEWAY_LISTEN="127.0.0.1:$gateway_port" target/release/gateway
+  # Local development only: no tokens needed. The Kubernetes manifests turn authentication on.
+  start_service gateway env KAFKA_BROKERS="$kafka" MONGO_URI="$mongo" GATEWAY_LISTEN="127.0.0.1:$gateway_port" GATEWAY_AUTH_DISABLED=true target/release/gateway
   for n in 1 2; do
     start_service "worker-$n" env KAFKA_BROKERS="$kafka" MONGO_URI="$mongo" WORKER_LISTEN="127.0.0.1:910$n" target/release/worker
   done
@@ -57,6 +58,9 @@ Try it:
   curl -s http://127.0.0.1:$gateway_port/api/users/555/purchases
   open http://127.0.0.1:$gateway_port/docs
 Logs: $logs/   Stop: make down
+
+WARNING: authentication is OFF in this local stack (GATEWAY_AUTH_DISABLED=true): anyone who
+reaches 127.0.0.1:$gateway_port can buy as any user and read any history. See README, Authentication.
 EOT
 }
 

@@ -1,6 +1,6 @@
 //! The gateway's one typed configuration: every setting is a flag with an env var.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use purchase::config::{parse_duration, KafkaArgs, MongoArgs, TelemetryArgs};
@@ -45,6 +45,9 @@ pub struct GatewayConfig {
 
     #[command(flatten)]
     pub client_timeouts: ClientTimeoutArgs,
+
+    #[command(flatten)]
+    pub auth: AuthArgs,
 
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
@@ -126,6 +129,56 @@ pub struct ClientTimeoutArgs {
     pub idle_timeout: Duration,
 }
 
+/// Who may call the API: bearer JWTs verified against a JWKS (see README "Authentication").
+/// On unless `--auth-disabled`; with neither that nor a JWKS source the gateway refuses to
+/// start (`auth::AuthSettings::from_args`), so a forgotten setting never opens the API.
+#[derive(Debug, Clone, Args)]
+pub struct AuthArgs {
+    /// Accept every request without a token, as any user (local development only; logged
+    /// loudly at start-up).
+    #[arg(id = "auth-disabled", long = "auth-disabled", env = "GATEWAY_AUTH_DISABLED", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub disabled: bool,
+
+    /// JWKS file with the keys that sign tokens (re-read every --auth-jwks-refresh, so a
+    /// mounted Secret or ConfigMap can rotate keys).
+    #[arg(
+        id = "auth-jwks-file",
+        long = "auth-jwks-file",
+        env = "GATEWAY_AUTH_JWKS_FILE",
+        conflicts_with = "auth-jwks-url"
+    )]
+    pub jwks_file: Option<PathBuf>,
+
+    /// http(s) URL of the identity provider's JWKS (its `jwks_uri`).
+    #[arg(
+        id = "auth-jwks-url",
+        long = "auth-jwks-url",
+        env = "GATEWAY_AUTH_JWKS_URL"
+    )]
+    pub jwks_url: Option<String>,
+
+    /// How often the JWKS is fetched again in the background (and at most every 30 s more
+    /// when a token names an unknown `kid`).
+    #[arg(id = "auth-jwks-refresh", long = "auth-jwks-refresh", env = "GATEWAY_AUTH_JWKS_REFRESH", default_value = "5m", value_parser = parse_duration)]
+    pub jwks_refresh: Duration,
+
+    /// The `iss` every token must carry (exactly).
+    #[arg(id = "auth-issuer", long = "auth-issuer", env = "GATEWAY_AUTH_ISSUER")]
+    pub issuer: Option<String>,
+
+    /// A value the token's `aud` must contain: this API's name at the identity provider.
+    #[arg(
+        id = "auth-audience",
+        long = "auth-audience",
+        env = "GATEWAY_AUTH_AUDIENCE"
+    )]
+    pub audience: Option<String>,
+
+    /// Clock skew allowed when checking `exp` and `nbf`.
+    #[arg(id = "auth-leeway", long = "auth-leeway", env = "GATEWAY_AUTH_LEEWAY", default_value = "30s", value_parser = parse_duration)]
+    pub leeway: Duration,
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
@@ -150,6 +203,36 @@ mod tests {
         assert_eq!(timeouts.header_read_timeout, Duration::from_secs(10));
         assert_eq!(timeouts.body_read_timeout, Duration::from_secs(15));
         assert_eq!(timeouts.idle_timeout, Duration::from_secs(75));
+        let auth = cli.config.auth;
+        assert!(!auth.disabled, "authentication is on unless switched off");
+        assert_eq!(auth.jwks_refresh, Duration::from_secs(300));
+        assert_eq!(auth.leeway, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn auth_disabled_is_a_flag_or_a_boolean() {
+        let disabled = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("gateway").chain(args.iter().copied()))
+                .map(|cli| cli.config.auth.disabled)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(disabled(&["--auth-disabled"]), Ok(true));
+        assert_eq!(disabled(&["--auth-disabled=true"]), Ok(true));
+        assert_eq!(
+            disabled(&["--auth-disabled", "--auth-disabled=false"]),
+            Ok(false)
+        );
+        assert!(disabled(&["--auth-disabled=maybe"]).is_err());
+    }
+
+    #[test]
+    fn one_jwks_source_at_a_time() {
+        let both = Cli::try_parse_from([
+            "gateway",
+            "--auth-jwks-file=/keys.json",
+            "--auth-jwks-url=https://id.example/jwks",
+        ]);
+        assert!(both.is_err());
     }
 
     #[test]

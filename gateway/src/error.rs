@@ -9,7 +9,11 @@ use poem_openapi::{
 use purchase::{validation::ErrorKind, ValidationError};
 use uuid::Uuid;
 
-use crate::{api::model::location_of, idempotency::IDEMPOTENCY_KEY_HEADER};
+use crate::{
+    api::model::location_of,
+    auth::{Failure, Refusal},
+    idempotency::IDEMPOTENCY_KEY_HEADER,
+};
 
 /// The body of every error response.
 #[derive(Debug, Clone, Object, serde::Serialize)]
@@ -45,6 +49,17 @@ pub enum ApiError {
     /// The body or a parameter is invalid; `field` names it.
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
+    /// No valid bearer token. `error` names the problem (`missing_token`, `malformed_token`,
+    /// `token_expired`, `token_not_yet_valid`, `invalid_signature`, `wrong_issuer`,
+    /// `wrong_audience`, `algorithm_not_allowed`, `unknown_key`, `invalid_claims`) and
+    /// `WWW-Authenticate` says it as RFC 6750 does. Nothing of the request was used.
+    #[oai(status = 401)]
+    Unauthorized(Json<ErrorBody>, #[oai(header = "WWW-Authenticate")] String),
+    /// The token is valid but may not act for this user (`insufficient_scope`): buying for
+    /// a userId other than the token's `sub` needs scope `purchases:write:any`, reading
+    /// another user's purchases `purchases:read:any`. Nothing was reserved or produced.
+    #[oai(status = 403)]
+    Forbidden(Json<ErrorBody>, #[oai(header = "WWW-Authenticate")] String),
     /// No such purchase (yet: a purchase is readable once a worker stored it).
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
@@ -91,6 +106,20 @@ impl ApiError {
             field: error.field,
             event_id: None,
         }))
+    }
+
+    /// The request's token is missing or invalid (`field` is the header).
+    pub fn unauthorized(failure: &Failure) -> Self {
+        let mut body = ErrorBody::new(failure.reason.code(), failure.message.clone());
+        body.field = Some("Authorization".to_string());
+        Self::Unauthorized(Json(body), failure.www_authenticate())
+    }
+
+    /// A valid token that may not act for this user (`field` names the user field).
+    pub fn forbidden(refusal: &Refusal, field: &str) -> Self {
+        let mut body = ErrorBody::new("insufficient_scope", refusal.to_string());
+        body.field = Some(field.to_string());
+        Self::Forbidden(Json(body), refusal.www_authenticate())
     }
 
     pub fn invalid_param(field: &str, message: impl std::fmt::Display) -> Self {

@@ -50,13 +50,19 @@ impl History {
 
     /// Newest first. `_id` is a UUID v7 (time-ordered), so the cursor is simply the last
     /// eventId seen and the next page is everything older: stable under concurrent inserts.
+    /// `only_user_id` narrows the owner's purchases to those of that userId (a caller's own,
+    /// when it may not read every user's).
     pub async fn page(
         &self,
         owner: Owner<'_>,
+        only_user_id: Option<&str>,
         limit: u32,
         before: Option<Uuid>,
     ) -> mongodb::error::Result<Page> {
-        let mut filter = owner.filter();
+        let mut filter = match only_user_id {
+            None => owner.filter(),
+            Some(user_id) => doc! { "$and": [owner.filter(), { fields::USER_ID: user_id }] },
+        };
         if let Some(before) = before {
             filter.insert(fields::ID, doc! { "$lt": before.to_string() });
         }

@@ -3,6 +3,7 @@
 
 pub mod access_log;
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod history;

@@ -8,7 +8,7 @@ use poem_openapi::OperationId;
 use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, Registry};
 use purchase::metrics;
 
-use crate::error::render_error;
+use crate::{auth::Reason, error::render_error};
 
 pub struct Metrics {
     registry: Registry,
@@ -20,6 +20,7 @@ pub struct Metrics {
     pub produce_errors: IntCounter,
     pub purchases_unconfirmed: IntCounter,
     pub idempotent_replays: IntCounter,
+    auth_failures: IntCounterVec,
 }
 
 impl Metrics {
@@ -72,8 +73,25 @@ impl Metrics {
                 "gateway_idempotent_replays_total",
                 "Purchases retried with a known Idempotency-Key, answered with the first eventId",
             ),
+            auth_failures: {
+                let failures = metrics::counter_vec(
+                    &registry,
+                    "gateway_auth_failures_total",
+                    "Requests refused by authentication (401) or authorization (403), by reason",
+                    &["reason"],
+                );
+                // Every reason from the start, so a rate over it never misses its first one.
+                for reason in Reason::ALL {
+                    failures.with_label_values(&[reason.code()]);
+                }
+                failures
+            },
             registry,
         }
+    }
+
+    pub fn auth_failure(&self, reason: Reason) {
+        self.auth_failures.with_label_values(&[reason.code()]).inc();
     }
 
     /// The Prometheus text exposition of every gateway metric.

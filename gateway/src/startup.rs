@@ -9,11 +9,12 @@ use poem::{
     listener::{Acceptor, Listener, TcpAcceptor, TcpListener},
     EndpointExt, Route,
 };
-use purchase::{kafka, mongo};
+use purchase::{kafka, kafka_security, mongo};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     access_log, api,
+    auth::Authenticator,
     config::GatewayConfig,
     history::History,
     idempotency::Reservations,
@@ -33,10 +34,20 @@ pub struct Application {
 impl Application {
     pub async fn build(config: GatewayConfig) -> anyhow::Result<Self> {
         let metrics = Arc::new(Metrics::new());
+        // First: a gateway that cannot check tokens must not start, and says so before it
+        // waits for any dependency.
+        let auth = Authenticator::start(&config.auth).await?;
         let brokers = config.kafka.events.brokers.join(",");
-        let kafka = kafka::connect(&config.kafka_for_producing())
+        let kafka_security = kafka_security::resolve(&config.kafka.events.security)
+            .context("invalid Kafka security settings")?;
+        let kafka = kafka::connect(&config.kafka_for_producing(), &kafka_security)
             .await
-            .with_context(|| format!("cannot reach Kafka at {brokers}"))?;
+            .with_context(|| {
+                format!(
+                    "cannot connect to Kafka at {brokers} ({})",
+                    kafka_security::describe(&kafka_security)
+                )
+            })?;
         let partitions = kafka::ensure_topic(&kafka, &config.kafka)
             .await
             .with_context(|| {
@@ -60,9 +71,9 @@ impl Application {
             )
         })?;
 
-        let db = mongo::connect(&config.mongo, "gateway")
+        let db = mongo::open(&config.mongo, "gateway")
             .await
-            .context("invalid MongoDB connection string")?;
+            .context("cannot use MongoDB")?;
         tokio::spawn(mongo::ensure_indexes_until_done(db.clone()));
         let reservations = Reservations::start(
             &db,
@@ -87,6 +98,7 @@ impl Application {
             producer,
             history: History::new(&db),
             reservations,
+            auth,
             kafka,
             db,
             metrics,

@@ -1,5 +1,5 @@
-//! What request handlers share: the producer, the history reader and the dependencies that
-//! readiness checks.
+//! What request handlers share: the producer, the history reader, the authenticator and the
+//! dependencies that readiness checks.
 
 use std::{sync::Arc, time::Duration};
 
@@ -7,13 +7,15 @@ use mongodb::Database;
 use rskafka::client::Client;
 
 use crate::{
-    history::History, idempotency::Reservations, metrics::Metrics, producer::PurchaseProducer,
+    auth::Authenticator, history::History, idempotency::Reservations, metrics::Metrics,
+    producer::PurchaseProducer,
 };
 
 pub struct AppState {
     pub producer: PurchaseProducer,
     pub history: History,
     pub reservations: Reservations,
+    pub auth: Arc<Authenticator>,
     pub kafka: Client,
     pub db: Database,
     pub metrics: Arc<Metrics>,

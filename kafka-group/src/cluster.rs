@@ -14,6 +14,7 @@ use tokio::sync::Mutex;
 use crate::{
     connection::Connection,
     error::{check, Error, Result},
+    security::Security,
 };
 
 /// Broker connections shared by one client. A connection that failed is replaced on next use.
@@ -21,6 +22,7 @@ pub struct Cluster {
     bootstrap: Vec<String>,
     client_id: String,
     request_timeout: Duration,
+    security: Security,
     connections: Mutex<HashMap<String, Arc<Connection>>>,
 }
 
@@ -32,13 +34,29 @@ pub struct Metadata {
 }
 
 impl Cluster {
-    pub fn new(bootstrap: Vec<String>, client_id: String, request_timeout: Duration) -> Self {
+    pub fn new(
+        bootstrap: Vec<String>,
+        client_id: String,
+        request_timeout: Duration,
+        security: Security,
+    ) -> Self {
         Self {
             bootstrap,
             client_id,
             request_timeout,
+            security,
             connections: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The same brokers and settings with other security, and no connections yet.
+    pub fn with_security(&self, security: Security) -> Self {
+        Self::new(
+            self.bootstrap.clone(),
+            self.client_id.clone(),
+            self.request_timeout,
+            security,
+        )
     }
 
     pub fn request_timeout(&self) -> Duration {
@@ -53,15 +71,24 @@ impl Cluster {
                 return Ok(Arc::clone(existing));
             }
         }
-        let connection =
-            Arc::new(Connection::connect(address, &self.client_id, self.request_timeout).await?);
+        let connection = Arc::new(self.connect(address).await?);
         connections.insert(address.to_string(), Arc::clone(&connection));
         Ok(connection)
     }
 
     /// Opens a connection nobody else shares (for requests that block, like JoinGroup).
     pub async fn dedicated(&self, address: &str) -> Result<Connection> {
-        Connection::connect(address, &self.client_id, self.request_timeout).await
+        self.connect(address).await
+    }
+
+    async fn connect(&self, address: &str) -> Result<Connection> {
+        Connection::connect(
+            address,
+            &self.client_id,
+            self.request_timeout,
+            &self.security,
+        )
+        .await
     }
 
     /// Drops a cached connection after an error, so the next use reconnects.

@@ -13,12 +13,20 @@ use kafka_protocol::{
     protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes},
 };
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt, BufStream},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufStream},
     net::TcpStream,
     sync::Mutex,
 };
 
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    security::{self, Security},
+};
+
+/// The byte stream under a connection: plain TCP or TLS over TCP.
+pub(crate) trait Transport: AsyncRead + AsyncWrite + Send + Unpin {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Transport for T {}
 
 /// Responses larger than this are refused rather than allocated (a corrupt size prefix would
 /// otherwise ask for gigabytes).
@@ -27,7 +35,7 @@ const MAX_RESPONSE_BYTES: usize = 100 * 1024 * 1024;
 pub struct Connection {
     address: String,
     client_id: StrBytes,
-    stream: Mutex<BufStream<TcpStream>>,
+    stream: Mutex<BufStream<Box<dyn Transport>>>,
     correlation: AtomicI32,
     /// Set when a request was interrupted mid-way: the byte stream is out of step and the
     /// connection must not be used again.
@@ -45,17 +53,21 @@ impl std::fmt::Debug for Connection {
 }
 
 impl Connection {
-    /// Connects and asks the broker which API versions it supports.
+    /// Connects (through TLS when configured), asks the broker which API versions it
+    /// supports, and authenticates when SASL is configured: a connection this returns is
+    /// ready for any request.
     pub async fn connect(
         address: &str,
         client_id: &str,
         request_timeout: Duration,
+        security: &Security,
     ) -> Result<Self> {
         let stream = tokio::time::timeout(request_timeout, TcpStream::connect(address))
             .await
             .map_err(|_| Error::Timeout(format!("connecting to {address}")))?
             .map_err(|e| Error::Io(format!("connecting to {address}: {e}")))?;
         stream.set_nodelay(true).ok();
+        let stream = security::wrap(stream, address, security, request_timeout).await?;
         let mut connection = Self {
             address: address.to_string(),
             client_id: StrBytes::from_string(client_id.to_string()),
@@ -80,6 +92,9 @@ impl Connection {
             .iter()
             .map(|k| (k.api_key, k.min_version..=k.max_version))
             .collect();
+        if let Some(sasl) = &security.sasl {
+            security::authenticate(&connection, sasl).await?;
+        }
         Ok(connection)
     }
 

@@ -23,6 +23,13 @@ pub enum Error {
     },
     #[error("{0}")]
     Config(String),
+    /// The TLS handshake failed: the broker's certificate is not trusted, has another
+    /// name, or the listener does not speak TLS. Retrying the same settings cannot help.
+    #[error("{0}")]
+    Tls(String),
+    /// The broker refused our SASL credentials or mechanism.
+    #[error("{0}")]
+    Authentication(String),
     #[error("the group member has stopped")]
     Stopped,
 }
@@ -39,6 +46,12 @@ impl Error {
     /// Connection-level trouble: worth reconnecting (possibly to another broker).
     pub fn is_connection(&self) -> bool {
         matches!(self, Error::Io(_) | Error::Timeout(_))
+    }
+
+    /// A refusal of our TLS or SASL settings: reported as it is, not retried as if the
+    /// broker were only unreachable.
+    pub fn is_security(&self) -> bool {
+        matches!(self, Error::Tls(_) | Error::Authentication(_))
     }
 }
 

@@ -34,6 +34,7 @@ use crate::{
     cluster::Cluster,
     connection::Connection,
     error::{check, Error, Result},
+    security::Security,
     TopicPartition,
 };
 
@@ -106,7 +107,21 @@ impl RecordFetcher {
         request_timeout: Duration,
     ) -> Self {
         Self {
-            cluster: Cluster::new(bootstrap, client_id.into(), request_timeout),
+            cluster: Cluster::new(
+                bootstrap,
+                client_id.into(),
+                request_timeout,
+                Security::default(),
+            ),
+            leaders: HashMap::new(),
+            connections: HashMap::new(),
+        }
+    }
+
+    /// Connects with TLS and/or SASL (call before the first fetch).
+    pub fn with_security(self, security: Security) -> Self {
+        Self {
+            cluster: self.cluster.with_security(security),
             leaders: HashMap::new(),
             connections: HashMap::new(),
         }

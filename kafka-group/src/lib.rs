@@ -59,6 +59,7 @@ mod error;
 mod fetch;
 mod member;
 mod offsets;
+mod security;
 mod types;
 
 pub use assignor::{Assignor, MemberSubscription};
@@ -69,4 +70,7 @@ pub use fetch::{FetchLimits, FetchedRecord, PartitionRecords, RecordFetcher};
 pub use kafka_protocol::ResponseError;
 pub use member::{GroupConfig, GroupEvent, GroupMember, Revocation};
 pub use offsets::{keda_desired_replicas, GroupAdmin, OffsetReset, PartitionLag};
+pub use security::{SaslCredentials, SaslMechanism, Security};
+/// The TLS library [`Security::tls`] is configured with (the one rskafka uses too).
+pub use tokio_rustls::rustls;
 pub use types::TopicPartition;

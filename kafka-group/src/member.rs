@@ -42,6 +42,7 @@ use crate::{
     },
     error::{check, protocol_error, Error, Result},
     offsets::{self, coordinator_trouble, GroupAdmin},
+    security::Security,
     TopicPartition,
 };
 
@@ -75,6 +76,8 @@ pub struct GroupConfig {
     /// Assignors offered, in order of preference. The group uses the first one every member
     /// offers.
     pub assignors: Vec<Assignor>,
+    /// TLS and SASL for every connection of the member.
+    pub security: Security,
 }
 
 impl GroupConfig {
@@ -98,6 +101,7 @@ impl GroupConfig {
                 Assignor::Sticky,
                 Assignor::Range,
             ],
+            security: Security::default(),
         }
     }
 
@@ -210,6 +214,7 @@ impl GroupMember {
             config.bootstrap.clone(),
             config.client_id.clone(),
             config.request_timeout,
+            config.security.clone(),
         ));
         let admin = GroupAdmin::with_cluster(cluster);
         let state = Arc::new(StdMutex::new(Membership::default()));
@@ -407,6 +412,10 @@ impl MemberTask {
                         } else {
                             tracing::debug!(group = %self.config.group_id, error = %e, retry_in = ?delay, "the group is rebalancing again, rejoining");
                         }
+                    } else if e.is_security() {
+                        // The credentials or certificates were refused: nothing heals this
+                        // but a change of settings on one side, so it is said at error.
+                        tracing::error!(group = %self.config.group_id, error = %e, retry_in = ?delay, "the broker refused this member's TLS or SASL settings");
                     } else {
                         tracing::warn!(group = %self.config.group_id, error = %e, retry_in = ?delay, "join failed, retrying");
                     }

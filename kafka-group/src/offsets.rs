@@ -18,6 +18,7 @@ use crate::{
     cluster::Cluster,
     connection::Connection,
     error::{check, Error, Result},
+    security::Security,
     TopicPartition,
 };
 
@@ -110,7 +111,13 @@ impl GroupAdmin {
             bootstrap,
             client_id.into(),
             request_timeout,
+            Security::default(),
         )))
+    }
+
+    /// Connects with TLS and/or SASL (call before the first request).
+    pub fn with_security(self, security: Security) -> Self {
+        Self::with_cluster(Arc::new(self.cluster.with_security(security)))
     }
 
     pub(crate) fn with_cluster(cluster: Arc<Cluster>) -> Self {

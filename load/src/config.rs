@@ -89,6 +89,20 @@ pub struct RunArgs {
     )]
     pub retries: u32,
 
+    /// Bearer token (a JWT) sent with every purchase, for a gateway with authentication on.
+    /// The load buys for many users, so the token needs the `purchases:write:any` scope.
+    #[arg(
+        long,
+        env = "LOAD_BEARER_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "bearer_token_file"
+    )]
+    pub bearer_token: Option<String>,
+
+    /// File holding the bearer token (a mounted Secret); surrounding whitespace is ignored.
+    #[arg(long, env = "LOAD_BEARER_TOKEN_FILE")]
+    pub bearer_token_file: Option<std::path::PathBuf>,
+
     /// Print the final report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -117,6 +131,22 @@ pub struct LagArgs {
 }
 
 impl RunArgs {
+    /// The token from --bearer-token or --bearer-token-file, if any.
+    pub fn bearer_token(&self) -> Result<Option<String>, String> {
+        let token = match (&self.bearer_token, &self.bearer_token_file) {
+            (Some(token), _) => token.trim().to_string(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read --bearer-token-file {}: {e}", path.display()))?
+                .trim()
+                .to_string(),
+            (None, None) => return Ok(None),
+        };
+        if token.is_empty() {
+            return Err("the bearer token is empty: pass the JWT the gateway should verify".into());
+        }
+        Ok(Some(token))
+    }
+
     pub fn schedule(&self) -> Result<Schedule, String> {
         match (&self.stages, self.rate) {
             (Some(stages), _) => Schedule::parse_stages(stages),

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use kafka_group::{keda_desired_replicas, GroupAdmin};
+use purchase::kafka_security::{self, KafkaSecurityError};
 use serde::Serialize;
 
 use crate::config::LagArgs;
@@ -34,15 +35,18 @@ pub struct LagReader {
 }
 
 impl LagReader {
-    pub fn new(args: LagArgs) -> Self {
-        Self {
+    /// Fails when the Kafka security flags are inconsistent or name unreadable files.
+    pub fn new(args: LagArgs) -> Result<Self, KafkaSecurityError> {
+        let security = kafka_security::resolve(&args.events.security)?;
+        Ok(Self {
             admin: GroupAdmin::new(
                 args.events.brokers.clone(),
                 "scalable-shop-load",
                 Duration::from_secs(5),
-            ),
+            )
+            .with_security(security),
             args,
-        }
+        })
     }
 
     pub async fn read(&self) -> kafka_group::Result<LagSnapshot> {

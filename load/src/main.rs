@@ -1,5 +1,6 @@
 use std::io::IsTerminal;
 
+use anyhow::Context;
 use clap::Parser;
 use load::{
     config::{Cli, Command},
@@ -19,10 +20,15 @@ async fn main() -> anyhow::Result<()> {
     }) = cli.command
     {
         let brokers = lag.events.brokers.join(",");
-        let reader = LagReader::new(lag);
+        let reader = LagReader::new(lag).context("invalid Kafka security settings")?;
         loop {
             let snapshot = reader.read().await.map_err(|e| {
-                anyhow::anyhow!("cannot read the group's lag from Kafka at {brokers}: {e} (set --kafka-brokers or KAFKA_BROKERS)")
+                let hint = if e.is_security() {
+                    "check the --kafka-sasl-* and --kafka-tls-* settings"
+                } else {
+                    "set --kafka-brokers or KAFKA_BROKERS"
+                };
+                anyhow::anyhow!("cannot read the group's lag from Kafka at {brokers}: {e} ({hint})")
             })?;
             if json {
                 println!("{}", serde_json::to_string(&snapshot)?);
@@ -47,8 +53,13 @@ async fn main() -> anyhow::Result<()> {
         idempotency_keys: args.idempotency_keys,
         retries: args.retries,
         workload,
-        lag: args.watch_lag.then(|| LagReader::new(args.lag.clone())),
+        lag: args
+            .watch_lag
+            .then(|| LagReader::new(args.lag.clone()))
+            .transpose()
+            .context("invalid Kafka security settings")?,
         progress: std::io::stderr().is_terminal() && !args.json,
+        bearer_token: args.bearer_token().map_err(anyhow::Error::msg)?,
     })
     .await?;
     if args.json {

@@ -30,10 +30,22 @@ pub struct Run {
     /// Shown live and in the report when set.
     pub lag: Option<LagReader>,
     pub progress: bool,
+    /// Sent as `Authorization: Bearer …` with every purchase.
+    pub bearer_token: Option<String>,
 }
 
 pub async fn run(run: Run) -> anyhow::Result<Report> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = &run.bearer_token {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| {
+                anyhow::anyhow!("the bearer token has characters a header cannot carry")
+            })?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
     let client = reqwest::Client::builder()
+        .default_headers(headers)
         .timeout(run.timeout)
         .pool_max_idle_per_host(run.max_in_flight)
         .build()?;

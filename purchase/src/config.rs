@@ -33,6 +33,100 @@ pub struct EventTopicArgs {
         default_value = "purchases"
     )]
     pub topic: String,
+
+    #[command(flatten)]
+    pub security: KafkaSecurityArgs,
+}
+
+/// How every Kafka connection is secured (the producer, the group member, the fetcher, the
+/// lag watch): the same flags in every binary, so one Secret configures the whole fleet.
+/// Plaintext without authentication unless set; a TLS or SASL failure stops the process
+/// with the cause and never falls back to plaintext.
+#[derive(Debug, Clone, Default, Args)]
+pub struct KafkaSecurityArgs {
+    /// SASL mechanism to authenticate with; unset sends no SASL handshake.
+    #[arg(
+        id = "kafka-sasl-mechanism",
+        long = "kafka-sasl-mechanism",
+        env = "KAFKA_SASL_MECHANISM",
+        value_enum,
+        ignore_case = true,
+        requires = "kafka-sasl-username"
+    )]
+    pub sasl_mechanism: Option<SaslMechanismArg>,
+
+    /// SASL user name.
+    #[arg(
+        id = "kafka-sasl-username",
+        long = "kafka-sasl-username",
+        env = "KAFKA_SASL_USERNAME",
+        requires = "kafka-sasl-mechanism"
+    )]
+    pub sasl_username: Option<String>,
+
+    /// SASL password. Prefer --kafka-sasl-password-file: a value here is visible in the
+    /// process list (the env var is not).
+    #[arg(
+        id = "kafka-sasl-password",
+        long = "kafka-sasl-password",
+        env = "KAFKA_SASL_PASSWORD",
+        hide_env_values = true,
+        conflicts_with = "kafka-sasl-password-file"
+    )]
+    pub sasl_password: Option<String>,
+
+    /// File holding the SASL password (a mounted Secret); one trailing newline is ignored.
+    #[arg(
+        id = "kafka-sasl-password-file",
+        long = "kafka-sasl-password-file",
+        env = "KAFKA_SASL_PASSWORD_FILE"
+    )]
+    pub sasl_password_file: Option<std::path::PathBuf>,
+
+    /// Connect with TLS and verify the brokers' certificates (against the public web roots
+    /// unless --kafka-tls-ca-file is given).
+    #[arg(id = "kafka-tls", long = "kafka-tls", env = "KAFKA_TLS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub tls: bool,
+
+    /// PEM file of the CA certificates that sign the brokers' certificates, instead of the
+    /// public web roots.
+    #[arg(
+        id = "kafka-tls-ca-file",
+        long = "kafka-tls-ca-file",
+        env = "KAFKA_TLS_CA_FILE"
+    )]
+    pub tls_ca_file: Option<std::path::PathBuf>,
+
+    /// PEM certificate chain presented to brokers that require client certificates (mutual
+    /// TLS); needs --kafka-tls-key-file.
+    #[arg(
+        id = "kafka-tls-cert-file",
+        long = "kafka-tls-cert-file",
+        env = "KAFKA_TLS_CERT_FILE",
+        requires = "kafka-tls-key-file"
+    )]
+    pub tls_cert_file: Option<std::path::PathBuf>,
+
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --kafka-tls-cert-file.
+    #[arg(
+        id = "kafka-tls-key-file",
+        long = "kafka-tls-key-file",
+        env = "KAFKA_TLS_KEY_FILE",
+        requires = "kafka-tls-cert-file"
+    )]
+    pub tls_key_file: Option<std::path::PathBuf>,
+}
+
+/// The SASL mechanisms, as named on the command line (Kafka's names, any case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SaslMechanismArg {
+    /// The password travels as it is: only with --kafka-tls.
+    #[value(name = "PLAIN")]
+    Plain,
+    #[value(name = "SCRAM-SHA-256")]
+    ScramSha256,
+    #[value(name = "SCRAM-SHA-512")]
+    ScramSha512,
 }
 
 /// The worker fleet's consumer group, as the worker joins it and as KEDA and the load tool
@@ -83,14 +177,27 @@ pub struct KafkaArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct MongoArgs {
-    /// MongoDB connection string.
+    /// MongoDB connection string, with credentials and TLS options in the standard form
+    /// (`mongodb://user:password@host/?tls=true&tlsCAFile=/etc/ca.pem&authSource=admin`).
+    /// The server certificate is verified unless the string says `tlsInsecure=true`.
     #[arg(
         id = "mongo-uri",
         long = "mongo-uri",
         env = "MONGO_URI",
-        default_value = "mongodb://127.0.0.1:27017"
+        default_value = "mongodb://127.0.0.1:27017",
+        hide_env_values = true
     )]
     pub uri: String,
+
+    /// File holding the connection string (a mounted Secret), read at start-up instead of
+    /// --mongo-uri; surrounding whitespace is ignored.
+    #[arg(
+        id = "mongo-uri-file",
+        long = "mongo-uri-file",
+        env = "MONGO_URI_FILE",
+        conflicts_with = "mongo-uri"
+    )]
+    pub uri_file: Option<std::path::PathBuf>,
 
     /// Database that holds the `purchases` collection.
     #[arg(

@@ -10,12 +10,16 @@ use rskafka::{
     BackoffConfig,
 };
 
-use crate::config::KafkaArgs;
+use kafka_group::Security;
+
+use crate::{config::KafkaArgs, kafka_security};
 
 /// Builds a client whose retries give up after `retry_deadline`, so no caller can hang on a
-/// dead broker (rskafka's default retries forever).
-pub async fn connect(args: &KafkaArgs) -> Result<Client, KafkaError> {
-    ClientBuilder::new(args.events.brokers.clone())
+/// dead broker (rskafka's default retries forever). `security` is what
+/// [`kafka_security::resolve`] made of `args.events.security`.
+pub async fn connect(args: &KafkaArgs, security: &Security) -> Result<Client, KafkaError> {
+    let builder = ClientBuilder::new(args.events.brokers.clone());
+    kafka_security::secure(builder, security)
         .client_id(args.client_id.as_str())
         .backoff_config(BackoffConfig {
             init_backoff: Duration::from_millis(50),

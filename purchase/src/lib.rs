@@ -6,6 +6,7 @@ pub mod config;
 pub mod document;
 pub mod event;
 pub mod kafka;
+pub mod kafka_security;
 pub mod metrics;
 pub mod money;
 pub mod mongo;

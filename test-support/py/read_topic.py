@@ -5,15 +5,22 @@ usage: read_topic.py BOOTSTRAP TOPIC EXPECTED_COUNT [TIMEOUT_SECONDS]
 Stops once EXPECTED_COUNT records were read and no more arrive for a second, or at the timeout.
 """
 import json
+import os
 import sys
 import time
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+
+def extra_config():
+    """librdkafka settings from KAFKA_CLIENT_CONFIG (JSON), e.g. SASL and TLS for a secured broker."""
+    return json.loads(os.environ.get("KAFKA_CLIENT_CONFIG", "{}"))
+
+
 bootstrap, topic, expected = sys.argv[1], sys.argv[2], int(sys.argv[3])
 deadline = time.time() + (float(sys.argv[4]) if len(sys.argv) > 4 else 30.0)
 
-consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "read-topic-check",
+consumer = Consumer({**extra_config(), "bootstrap.servers": bootstrap, "group.id": "read-topic-check",
                      "enable.auto.commit": False})
 metadata = consumer.list_topics(topic, timeout=10)
 partitions = sorted(metadata.topics[topic].partitions)

@@ -18,24 +18,30 @@ pub fn workspace_root() -> PathBuf {
 pub struct InfraServer {
     kind: &'static str,
     dir: tempfile::TempDir,
+    options: Vec<String>,
     pub address: String,
 }
 
 impl InfraServer {
     /// `kind` is `kafka` or `mongo`.
     pub fn start(kind: &'static str) -> Self {
+        Self::start_with(kind, &[])
+    }
+
+    /// With `infra.sh start` options: `--user NAME:PASSWORD`, `--tls CERTS`.
+    pub fn start_with(kind: &'static str, options: &[&str]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix(&format!("scalable-shop-{kind}-"))
             .tempdir()
             .expect("temp dir");
-        let address = infra(&[
-            "start",
+        let options: Vec<String> = options.iter().map(|o| o.to_string()).collect();
+        let address = start_server(kind, dir.path(), &options);
+        Self {
             kind,
-            path_str(dir.path()),
-            "--owner-pid",
-            &std::process::id().to_string(),
-        ]);
-        Self { kind, dir, address }
+            dir,
+            options,
+            address,
+        }
     }
 
     /// The server's process id.
@@ -63,15 +69,9 @@ impl InfraServer {
         pid.parse().expect("the pid file holds a pid")
     }
 
-    /// Starts again in the same directory: same data, same port.
+    /// Starts again in the same directory: same data, same port, same security.
     pub fn restart(&self) {
-        let address = infra(&[
-            "start",
-            self.kind,
-            path_str(self.dir.path()),
-            "--owner-pid",
-            &std::process::id().to_string(),
-        ]);
+        let address = start_server(self.kind, self.dir.path(), &self.options);
         assert_eq!(
             address, self.address,
             "a restarted server keeps its address"
@@ -82,6 +82,45 @@ impl InfraServer {
 impl Drop for InfraServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+fn start_server(kind: &str, dir: &Path, options: &[String]) -> String {
+    let owner = std::process::id().to_string();
+    let mut args = vec!["start", kind, path_str(dir), "--owner-pid", &owner];
+    args.extend(options.iter().map(String::as_str));
+    infra(&args)
+}
+
+/// A test CA with a server certificate for 127.0.0.1/localhost and a client certificate
+/// (`ca.pem`, `server.pem`/`.key`, `client.pem`/`.key`), made by `infra.sh certs`.
+pub struct TestCertificates {
+    dir: tempfile::TempDir,
+}
+
+impl TestCertificates {
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("scalable-shop-certs-")
+            .tempdir()
+            .expect("temp dir");
+        infra(&["certs", path_str(dir.path())]);
+        Self { dir }
+    }
+
+    pub fn dir(&self) -> &str {
+        path_str(self.dir.path())
+    }
+
+    /// A file of the set, e.g. `ca.pem`.
+    pub fn file(&self, name: &str) -> String {
+        format!("{}/{name}", self.dir())
+    }
+}
+
+impl Default for TestCertificates {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -114,9 +153,16 @@ pub fn python() -> PathBuf {
 
 /// Runs a Python script from `test-support/py/` and parses its JSON output.
 pub fn run_python(script: &str, args: &[&str]) -> serde_json::Value {
+    run_python_with_env(script, args, &[])
+}
+
+/// [`run_python`] with environment variables, e.g. `KAFKA_CLIENT_CONFIG` (JSON librdkafka
+/// settings) for the Kafka scripts.
+pub fn run_python_with_env(script: &str, args: &[&str], env: &[(&str, &str)]) -> serde_json::Value {
     let output = Command::new(python())
         .arg(workspace_root().join("test-support/py").join(script))
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .unwrap_or_else(|e| panic!("run {script} (make test-deps installs its virtualenv): {e}"));
     assert!(

@@ -163,6 +163,7 @@ impl Servers {
                 format!("--kafka-topic-partitions={PARTITIONS}"),
                 format!("--mongo-uri={}", self.mongo.address),
                 "--mongo-database=bench".into(),
+                "--auth-disabled".into(),
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
-use kafka_group::{Assignor, FetchLimits, GroupConfig, RecordFetcher};
+use kafka_group::{Assignor, FetchLimits, GroupConfig, RecordFetcher, Security};
 use purchase::config::{parse_duration, ConsumerGroupArgs, KafkaArgs, MongoArgs, TelemetryArgs};
 
 use crate::fetcher::{FetchSettings, Pacing};
@@ -101,7 +101,7 @@ fn non_empty(value: &str) -> Result<String, String> {
 
 impl WorkerConfig {
     /// The consumer group membership these settings describe.
-    pub fn group_config(&self) -> GroupConfig {
+    pub fn group_config(&self, security: &Security) -> GroupConfig {
         let mut group = GroupConfig::new(
             self.kafka.events.brokers.clone(),
             self.group.group_id.clone(),
@@ -114,6 +114,7 @@ impl WorkerConfig {
         group.heartbeat_interval = self.membership.heartbeat_interval;
         group.metadata_refresh = self.membership.metadata_refresh;
         group.assignors = self.membership.assignors.clone();
+        group.security = security.clone();
         group
     }
 }
@@ -160,12 +161,13 @@ pub struct FetchArgs {
 
 impl WorkerConfig {
     /// The reader of this worker's partitions: its own connections to the partition leaders.
-    pub fn record_fetcher(&self) -> RecordFetcher {
+    pub fn record_fetcher(&self, security: &Security) -> RecordFetcher {
         RecordFetcher::new(
             self.kafka.events.brokers.clone(),
             self.kafka.client_id.clone(),
-            self.group_config().request_timeout,
+            self.group_config(security).request_timeout,
         )
+        .with_security(security.clone())
     }
 
     pub fn fetch_settings(&self) -> FetchSettings {
@@ -206,7 +208,7 @@ mod tests {
             "--kafka-session-timeout=8s",
         ])
         .unwrap();
-        let group = config.group_config();
+        let group = config.group_config(&Security::default());
         assert_eq!(group.group_instance_id.as_deref(), Some("worker-7"));
         assert_eq!(
             group.assignors,

@@ -4,12 +4,13 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::Context;
+use kafka_group::Security;
 use kafka_group::{GroupEvent, GroupMember};
 use mongodb::Database;
 use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 use purchase::{
     config::{EventTopicArgs, KafkaArgs},
-    kafka, mongo,
+    kafka, kafka_security, mongo,
 };
 use rskafka::client::{partition::UnknownTopicHandling, Client};
 use tokio::sync::mpsc;
@@ -31,14 +32,22 @@ pub struct Worker {
     dead_letters: DeadLetters,
     metrics: Arc<Metrics>,
     acceptor: TcpAcceptor,
+    security: Security,
 }
 
 impl Worker {
     pub async fn build(config: WorkerConfig) -> anyhow::Result<Self> {
         let brokers = config.kafka.events.brokers.join(",");
-        let kafka = kafka::connect(&config.kafka)
+        let security = kafka_security::resolve(&config.kafka.events.security)
+            .context("invalid Kafka security settings")?;
+        let kafka = kafka::connect(&config.kafka, &security)
             .await
-            .with_context(|| format!("cannot reach Kafka at {brokers}"))?;
+            .with_context(|| {
+                format!(
+                    "cannot connect to Kafka at {brokers} ({})",
+                    kafka_security::describe(&security)
+                )
+            })?;
         kafka::ensure_topic(&kafka, &config.kafka)
             .await
             .with_context(|| {
@@ -49,13 +58,13 @@ impl Worker {
             })?;
         let dead_letters = dead_letters(&kafka, &config.kafka, &config.dlq_topic).await?;
 
-        let db = mongo::connect(&config.mongo, "worker")
+        let db = mongo::open(&config.mongo, "worker")
             .await
-            .context("invalid MongoDB connection string")?;
+            .context("cannot use MongoDB")?;
         tokio::spawn(mongo::ensure_indexes_until_done(db.clone()));
 
-        let (member, events) =
-            GroupMember::start(config.group_config()).context("invalid consumer group settings")?;
+        let (member, events) = GroupMember::start(config.group_config(&security))
+            .context("invalid consumer group settings")?;
 
         let acceptor = TcpListener::bind(config.listen)
             .into_acceptor()
@@ -71,6 +80,7 @@ impl Worker {
             dead_letters,
             metrics: Arc::new(Metrics::new()),
             acceptor,
+            security,
         })
     }
 
@@ -95,6 +105,7 @@ impl Worker {
             dead_letters,
             metrics,
             acceptor,
+            security,
         } = self;
         let abandon = CancellationToken::new();
         let (sink, inbox) = mpsc::channel(SINK_QUEUE);
@@ -131,7 +142,7 @@ impl Worker {
             kafka,
             config.kafka.events.topic.clone(),
             Arc::clone(&member),
-            config.record_fetcher(),
+            config.record_fetcher(&security),
             config.fetch_settings(),
             sink,
             Arc::clone(&metrics),

@@ -12,9 +12,10 @@ use poem_openapi::{
 use super::{
     model::{Purchase, PurchasePage},
     params::{PageLimit, UserIdParam, UuidParam},
+    security::Authenticated,
     ApiTags,
 };
-use crate::{error::ApiError, history::Owner, state::AppState};
+use crate::{auth::Action, error::ApiError, history::Owner, state::AppState};
 
 pub const DEFAULT_PAGE: u32 = 20;
 pub const MAX_PAGE: u32 = 100;
@@ -26,7 +27,8 @@ impl HistoryApi {
     /// A user's purchases, newest first
     ///
     /// Pages of `limit` (1-100, default 20); pass `nextCursor` back as `cursor` for the next
-    /// page.
+    /// page. Needs a bearer token whose `sub` is `userId`, or scope `purchases:read:any`
+    /// to read any user's purchases (else 403).
     #[oai(
         path = "/api/users/:userId/purchases",
         method = "get",
@@ -36,19 +38,18 @@ impl HistoryApi {
     async fn list(
         &self,
         state: Data<&Arc<AppState>>,
+        caller: Authenticated,
         #[oai(name = "userId")] user_id: Path<UserIdParam>,
         limit: Query<Option<PageLimit<DEFAULT_PAGE, MAX_PAGE>>>,
         /// `nextCursor` of the previous page.
         cursor: Query<Option<UuidParam>>,
     ) -> Result<Json<PurchasePage>, ApiError> {
+        let user_id = user_id.0 .0.as_str();
+        caller.check(&state, Action::Read, user_id, "userId")?;
         let limit = PageLimit::or_default(limit.0);
         let page = state
             .history
-            .page(
-                Owner::UserId(user_id.0 .0.as_str()),
-                limit,
-                cursor.0.map(|c| c.0),
-            )
+            .page(Owner::UserId(user_id), None, limit, cursor.0.map(|c| c.0))
             .await
             .map_err(|e| mongo_unavailable(&state, e))?;
         Ok(Json(PurchasePage {
@@ -59,7 +60,9 @@ impl HistoryApi {
 
     /// One purchase by its eventId
     ///
-    /// 404 until a worker has stored it.
+    /// 404 until a worker has stored it. Needs a bearer token; a purchase of another user
+    /// than the token's `sub` is 404 too unless the token has scope `purchases:read:any`, so
+    /// eventIds cannot be probed.
     #[oai(
         path = "/api/purchases/:eventId",
         method = "get",
@@ -69,14 +72,24 @@ impl HistoryApi {
     async fn get(
         &self,
         state: Data<&Arc<AppState>>,
+        caller: Authenticated,
         #[oai(name = "eventId")] event_id: Path<UuidParam>,
     ) -> Result<Json<Purchase>, ApiError> {
         let event_id = event_id.0 .0;
-        match state.history.get(event_id).await {
-            Ok(Some(event)) => Ok(Json(event.into())),
-            Ok(None) => Err(ApiError::not_found(format!(
+        let not_found = || {
+            ApiError::not_found(format!(
                 "no stored purchase {event_id} (it may not be stored yet)"
-            ))),
+            ))
+        };
+        match state.history.get(event_id).await {
+            Ok(Some(event)) if caller.0.may_read(event.user_id.as_str()) => Ok(Json(event.into())),
+            Ok(Some(_)) => {
+                state
+                    .metrics
+                    .auth_failure(crate::auth::Reason::InsufficientScope);
+                Err(not_found())
+            }
+            Ok(None) => Err(not_found()),
             Err(e) => Err(mongo_unavailable(&state, e)),
         }
     }

@@ -8,9 +8,12 @@ use super::{
     model::Purchase,
     params::{PageLimit, UserIdParam, UsernameParam},
     purchases::{accept, CreatedResponse, IdempotencyKeyHeader},
+    security::Authenticated,
     ApiTags,
 };
-use crate::{error::ApiError, history::Owner, payload::PurchaseBody, state::AppState};
+use crate::{
+    auth::Action, error::ApiError, history::Owner, payload::PurchaseBody, state::AppState,
+};
 use poem::web::Data;
 use poem_openapi::{
     param::{Path, Query},
@@ -30,20 +33,21 @@ pub struct LegacyApi;
 impl LegacyApi {
     /// Take a purchase (cm-server `/buy`)
     ///
-    /// Same as `POST /api/purchases`; also accepts `userid`.
+    /// Same as `POST /api/purchases` (same token rules); also accepts `userid`.
     #[oai(path = "/buy", method = "post", operation_id = "legacyBuy", deprecated)]
     async fn buy(
         &self,
         state: Data<&Arc<AppState>>,
+        caller: Authenticated,
         body: PurchaseBody<true>,
         #[oai(name = "Idempotency-Key")] idempotency_key: IdempotencyKeyHeader,
     ) -> Result<CreatedResponse, ApiError> {
-        accept(&state, body.0, idempotency_key).await
+        accept(&state, &caller, body.0, idempotency_key).await
     }
 
     /// Take a purchase (web-server `/api/buy`)
     ///
-    /// Same as `POST /api/purchases`; also accepts `userid`.
+    /// Same as `POST /api/purchases` (same token rules); also accepts `userid`.
     #[oai(
         path = "/api/buy",
         method = "post",
@@ -53,15 +57,17 @@ impl LegacyApi {
     async fn api_buy(
         &self,
         state: Data<&Arc<AppState>>,
+        caller: Authenticated,
         body: PurchaseBody<true>,
         #[oai(name = "Idempotency-Key")] idempotency_key: IdempotencyKeyHeader,
     ) -> Result<CreatedResponse, ApiError> {
-        accept(&state, body.0, idempotency_key).await
+        accept(&state, &caller, body.0, idempotency_key).await
     }
 
     /// A user's purchases by userId as an array (web-server)
     ///
-    /// Newest first, at most `limit` (default and maximum 1000).
+    /// Newest first, at most `limit` (default and maximum 1000). Needs a bearer token whose
+    /// `sub` is `userId`, or scope `purchases:read:any`.
     #[oai(
         path = "/api/user/:userId/purchases",
         method = "get",
@@ -71,13 +77,20 @@ impl LegacyApi {
     async fn user_purchases(
         &self,
         state: Data<&Arc<AppState>>,
+        caller: Authenticated,
         #[oai(name = "userId")] user_id: Path<UserIdParam>,
         limit: Query<Option<LegacyLimit>>,
     ) -> Result<Json<Vec<Purchase>>, ApiError> {
-        list(&state, Owner::UserId(user_id.0 .0.as_str()), limit.0).await
+        let user_id = user_id.0 .0.as_str();
+        caller.check(&state, Action::Read, user_id, "userId")?;
+        list(&state, Owner::UserId(user_id), None, limit.0).await
     }
 
     /// A user's purchases by username as an array (cm-api `/buyList`)
+    ///
+    /// A username is a display name, not an identity: without scope `purchases:read:any`
+    /// only the caller's own purchases (userId = its token's `sub`) with this username are
+    /// listed.
     #[oai(
         path = "/buyList/:username",
         method = "get",
@@ -87,15 +100,19 @@ impl LegacyApi {
     async fn buy_list(
         &self,
         state: Data<&Arc<AppState>>,
+        caller: Authenticated,
         username: Path<UsernameParam>,
         limit: Query<Option<LegacyLimit>>,
     ) -> Result<Json<Vec<Purchase>>, ApiError> {
-        list(&state, Owner::Username(username.0 .0.as_str()), limit.0).await
+        let owner = Owner::Username(username.0 .0.as_str());
+        list(&state, owner, caller.0.readable_user_id(), limit.0).await
     }
 
     /// Purchases whose userId or username is `user`, as an array (api-server)
     ///
-    /// The seed documented a username but called it with a userId, so both match.
+    /// The seed documented a username but called it with a userId, so both match. Without
+    /// scope `purchases:read:any` only the caller's own purchases (userId = its token's
+    /// `sub`) are listed.
     #[oai(
         path = "/getAllUserBuys/:user",
         method = "get",
@@ -105,13 +122,16 @@ impl LegacyApi {
     async fn get_all_user_buys(
         &self,
         state: Data<&Arc<AppState>>,
+        caller: Authenticated,
         user: Path<UsernameParam>,
         limit: Query<Option<LegacyLimit>>,
     ) -> Result<Json<Vec<Purchase>>, ApiError> {
-        all_user_buys(&state, user.0, limit.0).await
+        all_user_buys(&state, &caller, user.0, limit.0).await
     }
 
     /// Same as `/getAllUserBuys/{user}`, at the path the seed's example used
+    ///
+    /// Same token rule: the caller's own purchases unless it has `purchases:read:any`.
     #[oai(
         path = "/api/getAllUserBuys/:user",
         method = "get",
@@ -121,31 +141,36 @@ impl LegacyApi {
     async fn api_get_all_user_buys(
         &self,
         state: Data<&Arc<AppState>>,
+        caller: Authenticated,
         user: Path<UsernameParam>,
         limit: Query<Option<LegacyLimit>>,
     ) -> Result<Json<Vec<Purchase>>, ApiError> {
-        all_user_buys(&state, user.0, limit.0).await
+        all_user_buys(&state, &caller, user.0, limit.0).await
     }
 }
 
 /// `user` follows the username rules, which every userId also meets.
 async fn all_user_buys(
     state: &AppState,
+    caller: &Authenticated,
     user: UsernameParam,
     limit: Option<LegacyLimit>,
 ) -> Result<Json<Vec<Purchase>>, ApiError> {
-    list(state, Owner::UserIdOrUsername(user.0.as_str()), limit).await
+    let owner = Owner::UserIdOrUsername(user.0.as_str());
+    list(state, owner, caller.0.readable_user_id(), limit).await
 }
 
+/// `owner`'s purchases, narrowed to `only_user_id`'s when the caller may not read others'.
 pub(super) async fn list(
     state: &AppState,
     owner: Owner<'_>,
+    only_user_id: Option<&str>,
     limit: Option<LegacyLimit>,
 ) -> Result<Json<Vec<Purchase>>, ApiError> {
     let limit = LegacyLimit::or_default(limit);
     let page = state
         .history
-        .page(owner, limit, None)
+        .page(owner, only_user_id, limit, None)
         .await
         .map_err(|e| mongo_unavailable(state, e))?;
     Ok(Json(

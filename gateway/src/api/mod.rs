@@ -7,6 +7,7 @@ pub(crate) mod model;
 mod ops;
 mod params;
 mod purchases;
+mod security;
 
 use std::{collections::HashMap, sync::LazyLock};
 
@@ -53,7 +54,13 @@ pub fn service() -> OpenApiService<WithRouterAnswers<Apis>, ()> {
     )
     .description(
         "Takes purchases into Kafka (a 202 means the broker acknowledged the record) and \
-         serves purchase history from MongoDB. Every error is JSON `{error, message, field?}`.",
+         serves purchase history from MongoDB. Every error is JSON `{error, message, field?}`.\n\n\
+         Purchases and history need a bearer JWT (`bearerAuth`; Swagger UI: Authorize). A \
+         caller buys and reads only for the userId equal to its token's `sub`; scope \
+         `purchases:write:any` lets it buy for any user and `purchases:read:any` read any \
+         user's purchases (from the `scope` claim, space-separated, or an `scp` array). No \
+         valid token: 401 with `WWW-Authenticate`; another user without the scope: 403. \
+         `/healthz`, `/readyz`, `/metrics`, `/docs` and `/openapi.json` are open.",
     )
 }
 
@@ -272,6 +279,41 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn protected_operations_declare_the_bearer_scheme_and_open_ones_do_not() {
+        let spec = spec();
+        let scheme = &spec["components"]["securitySchemes"]["bearerAuth"];
+        assert_eq!(scheme["type"], "http");
+        assert_eq!(scheme["scheme"], "bearer");
+        assert_eq!(scheme["bearerFormat"], "JWT");
+        let description = scheme["description"].as_str().unwrap();
+        for scope in [crate::auth::SCOPE_WRITE_ANY, crate::auth::SCOPE_READ_ANY] {
+            assert!(description.contains(scope), "{description}");
+        }
+        let mut protected = 0;
+        for (path, operations) in spec["paths"].as_object().unwrap() {
+            for (method, operation) in operations.as_object().unwrap() {
+                let responses = &operation["responses"];
+                if ["/", "/healthz", "/readyz"].contains(&path.as_str()) {
+                    assert!(operation.get("security").is_none(), "{method} {path}");
+                    assert!(responses.get("401").is_none(), "{method} {path}");
+                    continue;
+                }
+                protected += 1;
+                assert_eq!(
+                    operation["security"],
+                    json!([{"bearerAuth": []}]),
+                    "{method} {path}"
+                );
+                for status in ["401", "403"] {
+                    let challenge = &responses[status]["headers"]["WWW-AUTHENTICATE"];
+                    assert_eq!(challenge["required"], true, "{status} {method} {path}");
+                }
+            }
+        }
+        assert_eq!(protected, 10, "purchases, history and the seed routes");
     }
 
     #[test]

@@ -12,9 +12,11 @@ use super::{
     legacy::{self, LegacyLimit},
     model::{location_of, Accepted, Purchase},
     params::UserIdParam,
+    security::Authenticated,
     ApiTags,
 };
 use crate::{
+    auth::Action,
     error::ApiError,
     history::Owner,
     idempotency::{IdempotencyKey, Reservation},
@@ -41,6 +43,9 @@ impl PurchasesApi {
     /// `kafka_outcome_unknown` (with `eventId`) means it may have been, so retry only with
     /// the same `Idempotency-Key`. With a key, every retry answers the first attempt's
     /// `eventId` and at most one purchase is stored.
+    ///
+    /// Needs a bearer token whose `sub` is the body's `userId`, or scope
+    /// `purchases:write:any` to buy for any user (else 403).
     #[oai(
         path = "/api/purchases",
         method = "post",
@@ -50,16 +55,18 @@ impl PurchasesApi {
     async fn create(
         &self,
         state: Data<&Arc<AppState>>,
+        caller: Authenticated,
         body: PurchaseBody<false>,
         #[oai(name = "Idempotency-Key")] idempotency_key: IdempotencyKeyHeader,
     ) -> Result<CreatedResponse, ApiError> {
-        accept(&state, body.0, idempotency_key).await
+        accept(&state, &caller, body.0, idempotency_key).await
     }
 
     /// A user's purchases by userId as an array (seed api-server `?userId=`)
     ///
     /// Lives here rather than with the other seed routes because poem-openapi keeps only one
-    /// API's operations per path in the spec. Use `/api/users/{userId}/purchases`.
+    /// API's operations per path in the spec. Use `/api/users/{userId}/purchases`. Needs a
+    /// bearer token whose `sub` is `userId`, or scope `purchases:read:any`.
     #[oai(
         path = "/api/purchases",
         method = "get",
@@ -70,10 +77,13 @@ impl PurchasesApi {
     async fn purchases_by_query(
         &self,
         state: Data<&Arc<AppState>>,
+        caller: Authenticated,
         #[oai(name = "userId")] user_id: Query<UserIdParam>,
         limit: Query<Option<LegacyLimit>>,
     ) -> Result<Json<Vec<Purchase>>, ApiError> {
-        legacy::list(&state, Owner::UserId(user_id.0 .0.as_str()), limit.0).await
+        let user_id = user_id.0 .0.as_str();
+        caller.check(&state, Action::Read, user_id, "userId")?;
+        legacy::list(&state, Owner::UserId(user_id), None, limit.0).await
     }
 }
 
@@ -81,12 +91,15 @@ impl PurchasesApi {
 /// names it with `#[oai(name = "Idempotency-Key")]`).
 pub(super) type IdempotencyKeyHeader = Header<Option<IdempotencyKey>>;
 
-/// The one write path, shared by the current route and the seed aliases.
+/// The one write path, shared by the current route and the seed aliases. The caller may buy
+/// for this userId, or nothing happens: no key is reserved, nothing is produced.
 pub(super) async fn accept(
     state: &AppState,
+    caller: &Authenticated,
     purchase: NewPurchase,
     idempotency_key: IdempotencyKeyHeader,
 ) -> Result<CreatedResponse, ApiError> {
+    caller.check(state, Action::Buy, purchase.user_id.as_str(), "userId")?;
     let event = match idempotency_key.0 {
         None => PurchaseEvent::new(purchase),
         Some(key) => {

@@ -20,6 +20,8 @@ pub struct TestApp {
     pub database: String,
     pub shutdown: CancellationToken,
     pub server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// Holds the JWKS file of a gateway with authentication on.
+    pub jwks_dir: Option<tempfile::TempDir>,
 }
 
 /// Builder for a gateway under test; `extra` flags override the defaults.
@@ -39,11 +41,42 @@ pub async fn spawn_app_without_database() -> TestApp {
     .await
 }
 
+/// A gateway with authentication off (`--auth-disabled`), as every test that is not about
+/// authentication runs it; `extra` flags override the defaults.
 pub async fn spawn_app_with(kafka: &str, mongo: &str, extra: &[&str]) -> TestApp {
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    let topic = format!("purchases-{id}");
-    let database = format!("test_{id}");
-    let mut args = vec![
+    let mut flags = vec!["--auth-disabled"];
+    flags.extend_from_slice(extra);
+    spawn_gateway(kafka, mongo, &flags).await
+}
+
+/// A gateway with authentication on: tokens are verified against `jwks`, written to a file
+/// in a temporary directory, with the test issuer and audience (`tokens::ISSUER`,
+/// `tokens::AUDIENCE`).
+pub async fn spawn_app_with_jwks(jwks: &Value, extra: &[&str]) -> TestApp {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("jwks.json");
+    std::fs::write(&path, jwks.to_string()).expect("write the JWKS file");
+    let jwks_flag = format!("--auth-jwks-file={}", path.display());
+    let mut flags = vec![jwks_flag.as_str()];
+    flags.extend_from_slice(extra);
+    let mut app = spawn_app_with_auth(&flags).await;
+    app.jwks_dir = Some(dir);
+    app
+}
+
+/// A gateway with authentication on, its JWKS source given in `flags`.
+pub async fn spawn_app_with_auth(flags: &[&str]) -> TestApp {
+    let (kafka, mongo) = shared_servers();
+    let issuer = format!("--auth-issuer={}", crate::tokens::ISSUER);
+    let audience = format!("--auth-audience={}", crate::tokens::AUDIENCE);
+    let mut all = vec![issuer.as_str(), audience.as_str()];
+    all.extend_from_slice(flags);
+    spawn_gateway(&kafka.address, &mongo.address, &all).await
+}
+
+/// The flags every test gateway runs with: its own topic and database on the given servers.
+pub fn gateway_args(kafka: &str, mongo: &str, topic: &str, database: &str) -> Vec<String> {
+    vec![
         "gateway".to_string(),
         "--listen=127.0.0.1:0".into(),
         format!("--kafka-brokers={kafka}"),
@@ -55,7 +88,14 @@ pub async fn spawn_app_with(kafka: &str, mongo: &str, extra: &[&str]) -> TestApp
         "--mongo-timeout=2s".into(),
         "--produce-timeout=3s".into(),
         "--shutdown-grace=5s".into(),
-    ];
+    ]
+}
+
+async fn spawn_gateway(kafka: &str, mongo: &str, extra: &[&str]) -> TestApp {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let topic = format!("purchases-{id}");
+    let database = format!("test_{id}");
+    let mut args = gateway_args(kafka, mongo, &topic, &database);
     args.extend(extra.iter().map(|s| s.to_string()));
     let cli = Cli::try_parse_from(args).expect("valid test flags");
     let app = Application::build(cli.config)
@@ -76,6 +116,7 @@ pub async fn spawn_app_with(kafka: &str, mongo: &str, extra: &[&str]) -> TestApp
         database,
         shutdown,
         server,
+        jwks_dir: None,
     }
 }
 
@@ -145,6 +186,19 @@ impl TestApp {
             .insert_many(documents)
             .await
             .expect("insert test purchases");
+    }
+
+    /// How many documents a collection of the test's database holds.
+    pub async fn count_documents(&self, collection: &str) -> u64 {
+        let client = mongodb::Client::with_uri_str(&self.mongo)
+            .await
+            .expect("mongo client");
+        client
+            .database(&self.database)
+            .collection::<mongodb::bson::Document>(collection)
+            .count_documents(mongodb::bson::doc! {})
+            .await
+            .expect("count documents")
     }
 
     pub async fn metrics(&self) -> String {

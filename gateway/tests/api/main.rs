@@ -2,7 +2,9 @@
 //! (nisshi) and a real MongoDB-wire server (secantusd-rs) started by `scripts/infra.sh`.
 
 mod helpers;
+mod tokens;
 
+mod auth;
 mod broker_down;
 mod create_purchase;
 mod history;

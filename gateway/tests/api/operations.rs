@@ -103,6 +103,7 @@ async fn the_binary_stops_cleanly_on_sigterm() {
         )
         .env("KAFKA_TOPIC_PARTITIONS", "2")
         .env("MONGO_URI", &mongo.address)
+        .env("GATEWAY_AUTH_DISABLED", "true")
         .env("LOG_FORMAT", "json")
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -143,6 +144,11 @@ async fn the_binary_stops_cleanly_on_sigterm() {
         .await
         .unwrap();
     assert!(!logs.contains("panicked"), "{logs}");
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("WARN") && l.contains("authentication is DISABLED")),
+        "a gateway without authentication says so loudly: {logs}"
+    );
     let last: Value = serde_json::from_str(logs.lines().last().unwrap()).expect("JSON log lines");
     assert_eq!(last["message"], "gateway stopped", "{logs}");
 }

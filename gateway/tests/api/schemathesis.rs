@@ -1,13 +1,19 @@
 //! Schemathesis (pinned in scripts/requirements-test.txt) generates requests from our own
 //! spec, valid and invalid, and checks every answer against it: status codes, bodies and
 //! headers as documented, valid data accepted, invalid data refused, 405 with `Allow`. It
-//! runs against a gateway on the real broker and database; every check must pass.
+//! runs against a gateway on the real broker and database, with authentication on: it sends
+//! a token allowed to act for every user, and its `ignored_auth` check probes each protected
+//! operation without it and with a made-up one, expecting the documented 401. Every check
+//! must pass.
 
 use std::time::Duration;
 
 use test_support::workspace_root;
 
-use crate::helpers::{event, python, spawn_app};
+use crate::{
+    helpers::{event, python, spawn_app_with_jwks},
+    tokens::{self, claims_with_scope, TestKey},
+};
 
 /// Examples per operation and phase: enough to find a disagreement between the spec and the
 /// server, few enough to finish in about a minute on two cores.
@@ -15,7 +21,11 @@ const MAX_EXAMPLES: &str = "100";
 
 #[tokio::test]
 async fn schemathesis_finds_the_server_and_its_spec_in_agreement() {
-    let app = spawn_app().await;
+    let key = TestKey::es256("schemathesis");
+    let app = spawn_app_with_jwks(&tokens::jwks(&[&key]), &[]).await;
+    let mut claims = claims_with_scope("u1", "purchases:write:any purchases:read:any");
+    claims["exp"] = serde_json::json!(tokens::now() + 3600);
+    let authorization = format!("Authorization: Bearer {}", key.sign(&claims));
     // Stored purchases, so history answers carry data to check against the spec (their
     // userId and username are the spec's examples, which schemathesis tries first).
     app.store(&[
@@ -37,6 +47,7 @@ async fn schemathesis_finds_the_server_and_its_spec_in_agreement() {
         .args(["-m", "schemathesis.cli", "run"])
         .arg(format!("{}/openapi.json", app.address))
         .args(["--url", &app.address])
+        .args(["--header", &authorization])
         .args(["--checks", "all"])
         // A 202 means the broker has the purchase; it is readable once a worker stored it, and
         // no worker runs here. This check expects a created resource to be readable at once,

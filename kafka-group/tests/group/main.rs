@@ -4,3 +4,4 @@ mod helpers;
 
 mod membership;
 mod offsets;
+mod security;

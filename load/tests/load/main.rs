@@ -32,6 +32,7 @@ async fn gateway() -> Stack {
         format!("--mongo-uri={}", mongo.address),
         format!("--mongo-database={database}"),
         "--log-filter=warn".into(),
+        "--auth-disabled".into(),
     ])
     .unwrap();
     let app = gateway::startup::Application::build(cli.config)

@@ -63,6 +63,7 @@ impl Pipeline {
             format!("--mongo-database={database}"),
             "--mongo-timeout=2s".into(),
             "--log-filter=warn".into(),
+            "--auth-disabled".into(),
         ])
         .expect("gateway flags");
         let app = Application::build(cli.config)
