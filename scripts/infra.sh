@@ -60,7 +60,7 @@ certs() {
   command -v openssl >/dev/null || die "openssl is needed to make test certificates"
   local key=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
   openssl req -x509 "${key[@]}" -keyout "$dir/ca.key" -out "$dir/ca.pem" -days 30 \
-    -subj "/CN=scalable-shop test CA" 2>/dev/null
+    -subj "/CN=scalable-shop test CA $(basename "$dir")" 2>/dev/null
   local name
   for name in server client; do
     openssl req "${key[@]}" -keyout "$dir/$name.key" -out "$dir/$name.csr" \

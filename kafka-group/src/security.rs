@@ -41,6 +41,29 @@ impl fmt::Debug for Security {
     }
 }
 
+impl Security {
+    /// Opens one connection to a bootstrap broker with these settings (TLS handshake,
+    /// ApiVersions, SASL): a start-up check that reports refused credentials or an
+    /// untrusted certificate at once, as [`Error::Tls`] or [`Error::Authentication`],
+    /// instead of after a client's retry deadline.
+    pub async fn check(
+        &self,
+        bootstrap: &[String],
+        client_id: &str,
+        timeout: Duration,
+    ) -> Result<()> {
+        let mut last = Error::Config("no bootstrap brokers configured".into());
+        for address in bootstrap {
+            match Connection::connect(address, client_id, timeout, self).await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.is_security() => return Err(e),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+}
+
 /// The SASL mechanisms this client speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SaslMechanism {
@@ -170,7 +193,11 @@ pub(crate) async fn authenticate(connection: &Connection, sasl: &SaslCredentials
         let mut message = Cursor::new(Vec::new());
         let state = session
             .step(received.as_deref(), &mut message)
-            .map_err(|e| refused(format!("the exchange failed on our side: {e}")))?;
+            .map_err(|e| {
+                refused(format!(
+                    "{e} (a wrong user name or password ends the exchange so)"
+                ))
+            })?;
         if state.has_sent_message() {
             let response = connection
                 .send(

@@ -14,12 +14,34 @@ use kafka_group::Security;
 
 use crate::{config::KafkaArgs, kafka_security};
 
+/// Why no Kafka client could be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The brokers refused our TLS or SASL settings; retrying cannot help.
+    #[error(transparent)]
+    Security(kafka_group::Error),
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+}
+
 /// Builds a client whose retries give up after `retry_deadline`, so no caller can hang on a
 /// dead broker (rskafka's default retries forever). `security` is what
-/// [`kafka_security::resolve`] made of `args.events.security`.
-pub async fn connect(args: &KafkaArgs, security: &Security) -> Result<Client, KafkaError> {
+/// [`kafka_security::resolve`] made of `args.events.security`; with TLS or SASL on, one
+/// connection is tried first, so refused credentials or an untrusted certificate are
+/// reported at once and by name instead of after rskafka's retry deadline.
+pub async fn connect(args: &KafkaArgs, security: &Security) -> Result<Client, ConnectError> {
+    if security.tls.is_some() || security.sasl.is_some() {
+        if let Err(e) = security
+            .check(&args.events.brokers, &args.client_id, args.retry_deadline)
+            .await
+        {
+            if e.is_security() {
+                return Err(ConnectError::Security(e));
+            }
+        }
+    }
     let builder = ClientBuilder::new(args.events.brokers.clone());
-    kafka_security::secure(builder, security)
+    Ok(kafka_security::secure(builder, security)
         .client_id(args.client_id.as_str())
         .backoff_config(BackoffConfig {
             init_backoff: Duration::from_millis(50),
@@ -28,7 +50,7 @@ pub async fn connect(args: &KafkaArgs, security: &Security) -> Result<Client, Ka
             deadline: Some(args.retry_deadline),
         })
         .build()
-        .await
+        .await?)
 }
 
 /// Creates the topic when missing and returns its real partition count (which wins over

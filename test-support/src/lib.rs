@@ -6,6 +6,8 @@ use std::{
     process::Command,
 };
 
+pub mod tokens;
+
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

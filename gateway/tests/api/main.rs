@@ -2,7 +2,7 @@
 //! (nisshi) and a real MongoDB-wire server (secantusd-rs) started by `scripts/infra.sh`.
 
 mod helpers;
-mod tokens;
+pub use test_support::tokens;
 
 mod auth;
 mod broker_down;

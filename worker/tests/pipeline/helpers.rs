@@ -8,7 +8,7 @@ use clap::Parser;
 use gateway::{config::Cli, startup::Application};
 use mongodb::bson::{doc, Document};
 use serde_json::{json, Value};
-use test_support::run_python;
+use test_support::run_python_with_env;
 pub use test_support::shared_servers;
 use tokio_util::sync::CancellationToken;
 
@@ -42,6 +42,18 @@ pub struct Pipeline {
     pub gateway: String,
     pub client: reqwest::Client,
     shutdown: CancellationToken,
+    secured: Secured,
+}
+
+/// How a pipeline on secured servers is reached: flags both binaries take (Kafka SASL/TLS,
+/// the MongoDB connection string is in `mongo`), the gateway's authentication flags, the
+/// bearer token purchases are posted with, and the librdkafka settings of the cross-checks.
+#[derive(Debug, Clone, Default)]
+pub struct Secured {
+    pub flags: Vec<String>,
+    pub gateway_flags: Vec<String>,
+    pub bearer_token: Option<String>,
+    pub librdkafka: Value,
 }
 
 impl Pipeline {
@@ -51,20 +63,36 @@ impl Pipeline {
     }
 
     pub async fn start_on(kafka: &str, mongo: &str) -> Self {
+        Self::start_secured(
+            kafka,
+            mongo,
+            Secured {
+                gateway_flags: vec!["--auth-disabled".into()],
+                ..Secured::default()
+            },
+        )
+        .await
+    }
+
+    pub async fn start_secured(kafka: &str, mongo: &str, secured: Secured) -> Self {
         let topic = unique("purchases");
         let database = unique("shop").replace('-', "_");
-        let cli = Cli::try_parse_from([
-            "gateway".to_string(),
-            "--listen=127.0.0.1:0".into(),
-            format!("--kafka-brokers={kafka}"),
-            format!("--kafka-topic={topic}"),
-            format!("--kafka-topic-partitions={PARTITIONS}"),
-            format!("--mongo-uri={mongo}"),
-            format!("--mongo-database={database}"),
-            "--mongo-timeout=2s".into(),
-            "--log-filter=warn".into(),
-            "--auth-disabled".into(),
-        ])
+        let flags = secured.flags.iter().chain(&secured.gateway_flags).cloned();
+        let cli = Cli::try_parse_from(
+            [
+                "gateway".to_string(),
+                "--listen=127.0.0.1:0".into(),
+                format!("--kafka-brokers={kafka}"),
+                format!("--kafka-topic={topic}"),
+                format!("--kafka-topic-partitions={PARTITIONS}"),
+                format!("--mongo-uri={mongo}"),
+                format!("--mongo-database={database}"),
+                "--mongo-timeout=2s".into(),
+                "--log-filter=warn".into(),
+            ]
+            .into_iter()
+            .chain(flags),
+        )
         .expect("gateway flags");
         let app = Application::build(cli.config)
             .await
@@ -81,6 +109,7 @@ impl Pipeline {
             gateway,
             client: reqwest::Client::new(),
             shutdown,
+            secured,
         }
     }
 
@@ -131,6 +160,7 @@ impl Pipeline {
             .env("MONGO_DATABASE", &self.database)
             .env("MONGO_TIMEOUT", "2s")
             .env("RUST_LOG", "warn")
+            .args(&self.secured.flags)
             .stdin(Stdio::null());
         command
     }
@@ -142,7 +172,7 @@ impl Pipeline {
         let url = format!("{}/api/purchases", self.gateway);
         let accepted: Vec<String> = futures::stream::iter(0..count)
             .map(|i| {
-                let request = self.client.post(&url).json(&json!({
+                let request = self.authorized(self.client.post(&url)).json(&json!({
                     "username": format!("user {}", i % 97),
                     "userId": format!("u{}", i % 97),
                     "price": 1.25 + (i % 100) as f64,
@@ -162,14 +192,20 @@ impl Pipeline {
 
     /// GET `path` on the gateway and parse its JSON body (whatever the status).
     pub async fn gateway_json(&self, path: &str) -> Value {
-        self.client
-            .get(format!("{}{path}", self.gateway))
+        self.authorized(self.client.get(format!("{}{path}", self.gateway)))
             .send()
             .await
             .expect("gateway answers")
             .json()
             .await
             .expect("JSON")
+    }
+
+    fn authorized(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.secured.bearer_token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
     }
 
     pub async fn collection(&self) -> mongodb::Collection<Document> {
@@ -215,7 +251,7 @@ impl Pipeline {
     pub fn wait_committed_to_end(&self, timeout: Duration) -> Value {
         let started = Instant::now();
         loop {
-            let offsets = run_python("group_offsets.py", &[&self.kafka, &self.group, &self.topic]);
+            let offsets = self.group_offsets();
             let at_end = (0..PARTITIONS).all(|p| {
                 let end = offsets["end"][p.to_string()].as_i64();
                 let committed = offsets["committed"][p.to_string()].as_i64();
@@ -230,6 +266,20 @@ impl Pipeline {
             );
             std::thread::sleep(Duration::from_millis(500));
         }
+    }
+
+    /// The group's committed and end offsets, as confluent-kafka reads them with this
+    /// pipeline's Kafka credentials.
+    pub fn group_offsets(&self) -> Value {
+        let librdkafka = match &self.secured.librdkafka {
+            Value::Null => "{}".to_string(),
+            config => config.to_string(),
+        };
+        run_python_with_env(
+            "group_offsets.py",
+            &[&self.kafka, &self.group, &self.topic],
+            &[("KAFKA_CLIENT_CONFIG", &librdkafka)],
+        )
     }
 
     pub fn stop(self) {

@@ -11,4 +11,5 @@ mod exit;
 mod fleet;
 mod pacing;
 mod scale;
+mod security;
 mod start;

@@ -1,6 +1,7 @@
-//! Test tokens: signing keys (ES256 and Ed25519 made on the fly with ring; RS256 from the
-//! test-only fixture, ring cannot make RSA keys), their JWKS, and JWTs signed with them or
-//! made by hand for the attacks a verifier must refuse.
+//! Test tokens for the authenticated API, shared by the gateway's and the pipeline's tests:
+//! signing keys (ES256 and Ed25519 made on the fly with ring; RS256 from the test-only
+//! fixture, ring cannot make RSA keys), their JWKS, and JWTs signed with them or made by hand
+//! for the attacks a verifier must refuse.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -1,0 +1,290 @@
+//! The pipeline secured end to end: nisshi with SCRAM users reached only over TLS, secantusd-rs
+//! with `--auth` and TLS, and a gateway that verifies JWTs. Purchases posted with a token
+//! are stored by workers that joined the group over SASL/TLS, and confluent-kafka, with the
+//! same credentials, reads the offsets they committed. Bad credentials and untrusted
+//! certificates stop start-up with the dependency and the cause named.
+
+use std::{
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use clap::Parser;
+use serde_json::json;
+use test_support::{
+    tokens::{self, TestKey},
+    InfraServer, TestCertificates,
+};
+
+use crate::helpers::{
+    assert_exactly_once, one_heavy_test_at_a_time, wait_assigned, Pipeline, Secured,
+};
+
+const KAFKA_USER: &str = "shop-workers";
+const KAFKA_PASSWORD: &str = "kafka-Pa55-word";
+const MONGO_USER: &str = "shop";
+const MONGO_PASSWORD: &str = "mongo-Pa55-word";
+
+/// The certificates, both servers, and files the flags name (kept for the whole run).
+struct SecuredServers {
+    certs: TestCertificates,
+    kafka: InfraServer,
+    mongo: InfraServer,
+    files: tempfile::TempDir,
+}
+
+impl SecuredServers {
+    fn password_file(&self) -> String {
+        self.files
+            .path()
+            .join("kafka-password")
+            .display()
+            .to_string()
+    }
+
+    /// The Kafka flags of gateway, worker and lag tool, with `password_file` holding the
+    /// password and `ca` the CA certificates trusted.
+    fn kafka_flags(&self, password_file: &str, ca: &str) -> Vec<String> {
+        vec![
+            "--kafka-sasl-mechanism=SCRAM-SHA-512".into(),
+            format!("--kafka-sasl-username={KAFKA_USER}"),
+            format!("--kafka-sasl-password-file={password_file}"),
+            "--kafka-tls".into(),
+            format!("--kafka-tls-ca-file={ca}"),
+        ]
+    }
+
+    fn mongo_uri(&self, password: &str, ca: &str) -> String {
+        let port = self
+            .mongo
+            .address
+            .rsplit(':')
+            .next()
+            .expect("mongodb://host:port");
+        format!("mongodb://{MONGO_USER}:{password}@127.0.0.1:{port}/?tls=true&tlsCAFile={ca}&authSource=admin")
+    }
+}
+
+fn servers() -> &'static SecuredServers {
+    static SERVERS: OnceLock<SecuredServers> = OnceLock::new();
+    SERVERS.get_or_init(|| {
+        let certs = TestCertificates::new();
+        let tls = ["--tls", certs.dir()];
+        let kafka_user = format!("{KAFKA_USER}:{KAFKA_PASSWORD}");
+        let mongo_user = format!("{MONGO_USER}:{MONGO_PASSWORD}");
+        let kafka = InfraServer::start_with("kafka", &["--user", &kafka_user, tls[0], tls[1]]);
+        let mongo = InfraServer::start_with("mongo", &["--user", &mongo_user, tls[0], tls[1]]);
+        let files = tempfile::tempdir().expect("temp dir");
+        std::fs::write(
+            files.path().join("kafka-password"),
+            format!("{KAFKA_PASSWORD}\n"),
+        )
+        .expect("password file");
+        SecuredServers {
+            certs,
+            kafka,
+            mongo,
+            files,
+        }
+    })
+}
+
+#[tokio::test]
+async fn purchases_with_tokens_are_stored_by_workers_over_sasl_tls_and_committed_as_librdkafka_reads_them(
+) {
+    let _heavy = one_heavy_test_at_a_time().await;
+    let servers = servers();
+    let ca = servers.certs.file("ca.pem");
+    let key = TestKey::es256("pipeline-key");
+    let jwks_file = servers.files.path().join("jwks.json");
+    std::fs::write(&jwks_file, tokens::jwks(&[&key]).to_string()).expect("JWKS file");
+    // A server-to-server caller buying for many users: the any-user scopes.
+    let token = key.sign(&tokens::claims_with_scope(
+        "load-generator",
+        "purchases:write:any purchases:read:any",
+    ));
+    let secured = Secured {
+        flags: servers.kafka_flags(&servers.password_file(), &ca),
+        gateway_flags: vec![
+            format!("--auth-jwks-file={}", jwks_file.display()),
+            format!("--auth-issuer={}", tokens::ISSUER),
+            format!("--auth-audience={}", tokens::AUDIENCE),
+        ],
+        bearer_token: Some(token),
+        librdkafka: json!({
+            "security.protocol": "SASL_SSL",
+            "sasl.mechanism": "SCRAM-SHA-512",
+            "sasl.username": KAFKA_USER,
+            "sasl.password": KAFKA_PASSWORD,
+            "ssl.ca.location": ca,
+        }),
+    };
+    let pipeline = Pipeline::start_secured(
+        &servers.kafka.address,
+        &servers.mongo_uri(MONGO_PASSWORD, &ca),
+        secured,
+    )
+    .await;
+
+    // Without a token nothing is taken.
+    let refused = pipeline
+        .client
+        .post(format!("{}/api/purchases", pipeline.gateway))
+        .json(&json!({"username": "eve", "userId": "u1", "price": 1.0}))
+        .send()
+        .await
+        .expect("gateway answers");
+    assert_eq!(refused.status().as_u16(), 401);
+
+    let workers = [pipeline.worker(), pipeline.worker()];
+    wait_assigned(&workers.iter().collect::<Vec<_>>(), Duration::from_secs(60)).await;
+    let accepted = pipeline.post_purchases(400, 16).await;
+    let stored = pipeline
+        .wait_stored(accepted.len(), Duration::from_secs(60))
+        .await;
+    assert_exactly_once(&accepted, &stored);
+    let offsets = pipeline.wait_committed_to_end(Duration::from_secs(30));
+    eprintln!("[security] committed offsets read by confluent-kafka over SASL_SSL: {offsets}");
+
+    let history = pipeline.gateway_json("/api/users/u5/purchases").await;
+    assert!(
+        history["purchases"]
+            .as_array()
+            .is_some_and(|p| !p.is_empty()),
+        "history over the authenticated API: {history}"
+    );
+    for worker in workers {
+        worker.terminate();
+    }
+    pipeline.stop();
+}
+
+/// Builds a worker with `flags` on the secured servers and returns its start-up error.
+async fn worker_start_up_error(flags: Vec<String>, mongo_uri: String) -> String {
+    let config = worker::config::WorkerConfig::try_parse_from(
+        [
+            "worker".to_string(),
+            "--listen=127.0.0.1:0".into(),
+            format!("--kafka-brokers={}", servers().kafka.address),
+            "--kafka-topic=purchases-security-start".into(),
+            "--kafka-retry-deadline=3s".into(),
+            format!("--mongo-uri={mongo_uri}"),
+            "--mongo-timeout=3s".into(),
+            "--log-filter=warn".into(),
+        ]
+        .into_iter()
+        .chain(flags),
+    )
+    .expect("worker flags");
+    let started = Instant::now();
+    let error = match worker::startup::Worker::build(config).await {
+        Ok(_) => panic!("the worker started with bad security settings"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "start-up took {:?} to fail",
+        started.elapsed()
+    );
+    error
+}
+
+#[tokio::test]
+async fn a_wrong_kafka_password_stops_start_up_naming_kafka_the_user_and_sasl() {
+    let servers = servers();
+    let ca = servers.certs.file("ca.pem");
+    let wrong = servers.files.path().join("wrong-password");
+    std::fs::write(&wrong, "not-it").expect("file");
+    let error = worker_start_up_error(
+        servers.kafka_flags(&wrong.display().to_string(), &ca),
+        servers.mongo_uri(MONGO_PASSWORD, &ca),
+    )
+    .await;
+    eprintln!("[security] wrong Kafka password: {error}");
+    assert!(
+        error.contains("Kafka") && error.contains(KAFKA_USER),
+        "{error}"
+    );
+    assert!(error.contains("SASL"), "{error}");
+}
+
+#[tokio::test]
+async fn an_untrusted_kafka_certificate_stops_start_up_naming_the_certificate() {
+    let servers = servers();
+    let other = TestCertificates::new();
+    let error = worker_start_up_error(
+        servers.kafka_flags(&servers.password_file(), &other.file("ca.pem")),
+        servers.mongo_uri(MONGO_PASSWORD, &servers.certs.file("ca.pem")),
+    )
+    .await;
+    eprintln!("[security] unknown Kafka CA: {error}");
+    assert!(error.contains("Kafka"), "{error}");
+    assert!(
+        error.to_lowercase().contains("certificate") || error.contains("UnknownIssuer"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_mongodb_password_stops_start_up_naming_mongodb_and_the_credentials() {
+    let servers = servers();
+    let ca = servers.certs.file("ca.pem");
+    let error = worker_start_up_error(
+        servers.kafka_flags(&servers.password_file(), &ca),
+        servers.mongo_uri("not-the-password", &ca),
+    )
+    .await;
+    eprintln!("[security] wrong MongoDB password: {error}");
+    assert!(error.contains("MongoDB refused the credentials"), "{error}");
+}
+
+#[tokio::test]
+async fn an_untrusted_mongodb_certificate_stops_start_up_naming_tls() {
+    let servers = servers();
+    let other = TestCertificates::new();
+    let error = worker_start_up_error(
+        servers.kafka_flags(&servers.password_file(), &servers.certs.file("ca.pem")),
+        servers.mongo_uri(MONGO_PASSWORD, &other.file("ca.pem")),
+    )
+    .await;
+    eprintln!("[security] unknown MongoDB CA: {error}");
+    assert!(error.contains("MongoDB's TLS certificate"), "{error}");
+}
+
+#[tokio::test]
+async fn the_gateway_reads_the_mongodb_connection_string_from_a_file() {
+    let servers = servers();
+    let ca = servers.certs.file("ca.pem");
+    let uri_file = servers.files.path().join("mongo-uri");
+    std::fs::write(
+        &uri_file,
+        format!("{}\n", servers.mongo_uri(MONGO_PASSWORD, &ca)),
+    )
+    .expect("file");
+    let cli = gateway::config::Cli::try_parse_from(
+        [
+            "gateway".to_string(),
+            "--listen=127.0.0.1:0".into(),
+            format!("--kafka-brokers={}", servers.kafka.address),
+            "--kafka-topic=purchases-security-uri-file".into(),
+            format!("--mongo-uri-file={}", uri_file.display()),
+            "--auth-disabled".into(),
+            "--log-filter=warn".into(),
+        ]
+        .into_iter()
+        .chain(servers.kafka_flags(&servers.password_file(), &ca)),
+    )
+    .expect("gateway flags");
+    let app = gateway::startup::Application::build(cli.config)
+        .await
+        .expect("the gateway starts on secured Kafka and MongoDB");
+    let address = format!("http://{}/readyz", app.local_addr());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(app.run(shutdown.clone()));
+    let ready = reqwest::get(&address).await.expect("readyz answers");
+    let status = ready.status().as_u16();
+    let body = ready.text().await.unwrap_or_default();
+    assert_eq!(status, 200, "{body}");
+    shutdown.cancel();
+    let _ = server.await;
+}
