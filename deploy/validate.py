@@ -39,7 +39,7 @@ def settings(binary):
     text = subprocess.run([binary, "--help"], check=True, capture_output=True, text=True).stdout
     result = {}
     for block in re.split(r"\n(?=\s+-)", text):
-        env = re.search(r"\[env: ([A-Z0-9_]+)=", block)
+        env = re.search(r"\[env: ([A-Z0-9_]+)[=\]]", block)
         if env:
             default = re.search(r"\[default: ([^\]]*)\]", block)
             result[env.group(1)] = default.group(1) if default else None
@@ -104,8 +104,8 @@ for name in ["base.yaml", "local.yaml", "keda-base.yaml", "keda-local.yaml", "mo
                 kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
             except kubernetes_validate.ValidationError as error:
                 fail(f"{name}: {kind}/{document['metadata']['name']}: {error.message} at {list(error.path)}")
-for document in yaml.safe_load_all((ROOT / "keda/triggerauthentication.yaml").read_text()):
-    validate_keda(document, "keda/triggerauthentication.yaml")
+for document in yaml.safe_load_all((ROOT / "keda/base/triggerauthentication.yaml").read_text()):
+    validate_keda(document, "keda/base/triggerauthentication.yaml")
 
 # 2. Manifests agree with the binaries ------------------------------------------------------
 known = {"gateway": settings(gateway_bin), "worker": settings(worker_bin)}
@@ -115,6 +115,42 @@ KEDA_KAFKA_METADATA = {
     "limitToPartitionsWithLag", "ensureEvenDistributionOfPartitions", "partitionLimitation",
     "version", "sasl", "tls", "unsafeSsl",
 }
+
+
+CREDENTIAL = re.compile(r"PASSWORD|SECRET|TOKEN|MONGO_URI$|PRIVATE")
+
+
+def secrets_read(pod, container):
+    """Names of the Secrets a container reads: env, envFrom and mounted volumes."""
+    names = {s["secretRef"]["name"] for s in container.get("envFrom", []) if "secretRef" in s}
+    names |= {i["valueFrom"]["secretKeyRef"]["name"] for i in container.get("env", [])
+              if "secretKeyRef" in i.get("valueFrom", {})}
+    mounted = {m["name"] for m in container.get("volumeMounts", [])}
+    names |= {v["secret"]["secretName"] for v in pod.get("volumes", [])
+              if "secret" in v and v["name"] in mounted}
+    return names
+
+
+def worker_env_set(deployment):
+    container = next(c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "worker")
+    return {i["name"] for i in container.get("env", [])}
+
+
+def check_credentials(app_file, binary, pod, container, configs):
+    """Credentials come from Secrets (env or mounted file), never from a ConfigMap or a literal."""
+    for config in configs:
+        for key in config.get("data") or {}:
+            if CREDENTIAL.search(key) and not key.endswith("_FILE"):
+                fail(f"{app_file}: ConfigMap {config['metadata']['name']} holds {key}: credentials belong in a Secret")
+    secret_mounts = {m["mountPath"] for m in container.get("volumeMounts", [])
+                     if any(v["name"] == m["name"] and "secret" in v for v in pod.get("volumes", []))}
+    for item in container.get("env", []):
+        name = item["name"]
+        if CREDENTIAL.search(name) and not name.endswith("_FILE") and "value" in item:
+            fail(f"{app_file}: {binary} sets {name} as a literal: take it from a Secret")
+        if name.endswith("_FILE") and "value" in item and (CREDENTIAL.search(name) or re.search(r"CA_FILE|KEY_FILE", name)):
+            if not any(item["value"].startswith(m.rstrip("/") + "/") for m in secret_mounts):
+                fail(f"{app_file}: {binary} {name}={item['value']} is not in a mounted Secret")
 
 
 def check_overlay(app_file, keda_file):
@@ -170,8 +206,10 @@ def check_overlay(app_file, keda_file):
             fail(f"{app_file}: {binary} terminationGracePeriodSeconds must exceed {grace_key}={settings_of[grace_key]}")
         if "MONGO_URI" not in env and not any("secretRef" in s for s in container.get("envFrom", [])):
             fail(f"{app_file}: {binary} gets no MONGO_URI")
+        check_credentials(app_file, binary, pod, container, configs)
         if binary == "worker":
             worker_env = settings_of
+            worker_secrets = secrets_read(pod, container)
     # The ScaledObject scales this worker on this group and topic.
     scaled = [o for o in load(keda_file) if o["kind"] == "ScaledObject"]
     if len(scaled) != 1:
@@ -198,6 +236,16 @@ def check_overlay(app_file, keda_file):
         fail(f"{keda_file}: bootstrapServers {meta.get('bootstrapServers')!r}, the worker uses {brokers!r}")
     if so["spec"]["maxReplicaCount"] != int(worker_env["KAFKA_TOPIC_PARTITIONS"]):
         fail(f"{keda_file}: maxReplicaCount {so['spec']['maxReplicaCount']} != partitions {worker_env['KAFKA_TOPIC_PARTITIONS']}")
+    # KEDA measures lag with the workers' own Kafka identity: the same Secret.
+    if "KAFKA_SASL_MECHANISM" in worker_env_set(deployments["worker"]):
+        ref = trigger.get("authenticationRef", {}).get("name")
+        auths = {o["metadata"]["name"]: o for o in load(keda_file) if o["kind"] == "TriggerAuthentication"}
+        if ref not in auths:
+            fail(f"{keda_file}: the workers use SASL but the trigger has no rendered authenticationRef")
+        else:
+            names = {t["name"] for t in auths[ref]["spec"].get("secretTargetRef", [])}
+            if not names or not names <= worker_secrets:
+                fail(f"{keda_file}: TriggerAuthentication {ref} reads Secrets {sorted(names)}, the workers {sorted(worker_secrets)}")
     for key in meta:
         if key not in KEDA_KAFKA_METADATA:
             fail(f"{keda_file}: unknown kafka trigger field {key}")

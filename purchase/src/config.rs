@@ -117,15 +117,16 @@ pub struct KafkaSecurityArgs {
     pub tls_key_file: Option<std::path::PathBuf>,
 }
 
-/// The SASL mechanisms, as named on the command line (Kafka's names, any case).
+/// The SASL mechanisms, as named on the command line: Kafka's names in any case, or KEDA's
+/// (`scram_sha512`), so that one Secret key serves the KEDA trigger and the fleet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SaslMechanismArg {
     /// The password travels as it is: only with --kafka-tls.
     #[value(name = "PLAIN")]
     Plain,
-    #[value(name = "SCRAM-SHA-256")]
+    #[value(name = "SCRAM-SHA-256", alias = "scram_sha256")]
     ScramSha256,
-    #[value(name = "SCRAM-SHA-512")]
+    #[value(name = "SCRAM-SHA-512", alias = "scram_sha512")]
     ScramSha512,
 }
 
