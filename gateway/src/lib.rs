@@ -11,6 +11,7 @@ pub mod idempotency;
 pub mod metrics;
 pub mod payload;
 pub mod producer;
+pub mod request_trace;
 pub mod server;
 pub mod startup;
 pub mod state;

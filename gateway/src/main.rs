@@ -12,7 +12,8 @@ async fn main() -> anyhow::Result<()> {
         println!("{}", api::spec_json());
         return Ok(());
     }
-    purchase::telemetry::init(&cli.config.telemetry).map_err(anyhow::Error::msg)?;
+    let _traces =
+        purchase::telemetry::init(&cli.config.telemetry, "gateway").map_err(anyhow::Error::msg)?;
     let shutdown = purchase::shutdown::on_signal();
     Application::build(cli.config).await?.run(shutdown).await
 }

@@ -20,7 +20,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use purchase::PurchaseEvent;
+use opentelemetry::{
+    trace::{SpanKind, Status, TraceContextExt, Tracer},
+    Context, KeyValue,
+};
+use purchase::{traces, PurchaseEvent};
 use rskafka::{
     client::{
         partition::{Compression, OffsetAt, PartitionClient, UnknownTopicHandling},
@@ -107,6 +111,7 @@ pub struct PurchaseProducer {
     tasks: Mutex<JoinSet<()>>,
     args: ProduceArgs,
     metrics: Arc<Metrics>,
+    topic: String,
 }
 
 impl PurchaseProducer {
@@ -142,14 +147,60 @@ impl PurchaseProducer {
             tasks: Mutex::new(tasks),
             args,
             metrics,
+            topic: topic.to_string(),
         })
     }
 
     /// Resolves once the broker has acknowledged the event (acks=all), or fails within the
     /// produce timeout. Only `Unconfirmed` leaves the outcome open: every other error means
     /// the record was never handed to the broker and never will be.
+    ///
+    /// The record carries the trace context of the caller's request on: the context of this
+    /// send's own span when spans are exported, else the caller's `traceparent` as it came.
     pub async fn send(&self, event: &PurchaseEvent) -> Result<Delivery, ProduceError> {
-        let (partition, record) = event.to_record(self.queues.len() as i32);
+        let (partition, mut record) = event.to_record(self.queues.len() as i32);
+        let span = traces::exporting().then(|| self.send_span(event, partition));
+        let context = match &span {
+            Some(span) => span.clone(),
+            None => Context::current(),
+        };
+        record.headers.extend(
+            traces::headers_for(&context)
+                .into_iter()
+                .map(|(name, value)| (name, value.into_bytes())),
+        );
+        let result = self.send_record(partition, record).await;
+        if let Some(span) = span {
+            let span = span.span();
+            match &result {
+                Ok(delivery) => {
+                    span.set_attribute(KeyValue::new("messaging.kafka.offset", delivery.offset))
+                }
+                Err(e) => span.set_status(Status::error(e.to_string())),
+            }
+            span.end();
+        }
+        result
+    }
+
+    /// A producer span, child of the request's, for the record of `event`.
+    fn send_span(&self, event: &PurchaseEvent, partition: i32) -> Context {
+        let tracer = traces::tracer();
+        let span = tracer
+            .span_builder(format!("send {}", self.topic))
+            .with_kind(SpanKind::Producer)
+            .with_attributes([
+                KeyValue::new("messaging.system", "kafka"),
+                KeyValue::new("messaging.operation.type", "send"),
+                KeyValue::new("messaging.destination.name", self.topic.clone()),
+                KeyValue::new("messaging.destination.partition.id", partition.to_string()),
+                KeyValue::new("messaging.message.id", event.event_id.to_string()),
+            ])
+            .start(&tracer);
+        Context::current_with_span(span)
+    }
+
+    async fn send_record(&self, partition: i32, record: Record) -> Result<Delivery, ProduceError> {
         let claim = Claim::default();
         let (acked, ack) = oneshot::channel();
         self.queues[partition as usize]

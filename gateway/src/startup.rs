@@ -158,6 +158,7 @@ fn routes(state: Arc<AppState>, max_body_bytes: usize) -> impl poem::Endpoint {
         .data(state)
         .data(BodyLimit(max_body_bytes))
         .around(allow_on_405)
+        .around(crate::request_trace::trace_request)
         .around(move |next, req| {
             let metrics = Arc::clone(&metrics);
             async move { Ok(metrics::observe(next, req, &metrics).await) }

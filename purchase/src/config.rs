@@ -293,6 +293,16 @@ pub struct TelemetryArgs {
         default_value = "info,rskafka=warn"
     )]
     pub log_filter: String,
+
+    /// OpenTelemetry collector to export traces to over OTLP/HTTP (protobuf), as its base
+    /// URL, e.g. `http://otel-collector:4318`; unset exports nothing. A request's W3C
+    /// `traceparent` is carried into the Kafka record either way.
+    #[arg(id = "otlp-endpoint", long = "otlp-endpoint", env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_parser = parse_otlp_endpoint)]
+    pub otlp_endpoint: Option<String>,
+}
+
+fn parse_otlp_endpoint(text: &str) -> Result<String, String> {
+    crate::traces::traces_url(text).map(|_| text.to_string())
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
 use rskafka::record::Record;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -13,6 +13,17 @@ use crate::{money::Price, partitioner::partition_for_key, NewPurchase, UserId, U
 /// Bumped on any incompatible change of the value's shape; consumers reject versions they
 /// do not know instead of guessing.
 pub const SCHEMA_VERSION: u32 = 1;
+
+/// CloudEvents (binary content mode of the Kafka protocol binding, spec 1.0): the event's
+/// attributes travel as `ce_*` headers and the value stays the plain JSON contract, so a
+/// CloudEvents consumer (Knative, Dapr, an SDK) reads the topic without a schema of ours.
+pub mod cloudevents {
+    pub const SPEC_VERSION: &str = "1.0";
+    /// Where purchases come from: the gateway of this system.
+    pub const SOURCE: &str = "/scalable-shop/gateway";
+    /// What happened, with the value's schema version.
+    pub const TYPE: &str = "scalable-shop.purchase.created.v1";
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -48,8 +59,10 @@ impl PurchaseEvent {
 
     /// The Kafka record for this event and the partition it belongs to among `partitions`:
     /// key = userId through Kafka's murmur2 partitioner (so any client agrees on the
-    /// partition), value = the JSON contract, timestamp = the event's own. Replaying the
-    /// same event yields the same record, which is what makes a produce retry harmless.
+    /// partition), value = the JSON contract, timestamp = the event's own, headers the
+    /// content type, schema version and CloudEvents attributes. Replaying the same event
+    /// yields the same record, which is what makes a produce retry harmless (the producer
+    /// adds the trace context of the request that sends it).
     pub fn to_record(&self, partitions: i32) -> (i32, Record) {
         let key = self.user_id.as_str().as_bytes();
         let record = Record {
@@ -60,6 +73,14 @@ impl PurchaseEvent {
                 (
                     "schema-version".to_string(),
                     SCHEMA_VERSION.to_string().into_bytes(),
+                ),
+                header("ce_specversion", cloudevents::SPEC_VERSION),
+                header("ce_id", &self.event_id.to_string()),
+                header("ce_source", cloudevents::SOURCE),
+                header("ce_type", cloudevents::TYPE),
+                header(
+                    "ce_time",
+                    &self.timestamp.to_rfc3339_opts(SecondsFormat::Millis, true),
                 ),
             ]),
             timestamp: self.timestamp,
@@ -79,6 +100,10 @@ impl PurchaseEvent {
         }
         Ok(event)
     }
+}
+
+fn header(name: &str, value: &str) -> (String, Vec<u8>) {
+    (name.to_string(), value.as_bytes().to_vec())
 }
 
 /// The creation time a UUID v7 carries (millisecond precision); epoch for other versions.
@@ -143,6 +168,24 @@ mod tests {
         );
         assert_eq!(value["price"], serde_json::json!(19.99));
         assert_eq!(event.event_id.get_version_num(), 7);
+    }
+
+    #[test]
+    fn records_carry_the_cloudevents_attributes_of_their_event_in_binary_mode() {
+        let event = sample();
+        let (_, record) = event.to_record(12);
+        let header = |name: &str| String::from_utf8(record.headers[name].clone()).unwrap();
+        assert_eq!(header("ce_specversion"), "1.0");
+        assert_eq!(header("ce_id"), event.event_id.to_string());
+        assert_eq!(header("ce_source"), "/scalable-shop/gateway");
+        assert_eq!(header("ce_type"), "scalable-shop.purchase.created.v1");
+        assert_eq!(
+            DateTime::parse_from_rfc3339(&header("ce_time")).unwrap(),
+            event.timestamp
+        );
+        assert_eq!(header("content-type"), "application/json");
+        // The same event always makes the same record: a produce retry is harmless.
+        assert_eq!(event.to_record(12).1, record);
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod mongo;
 pub mod partitioner;
 pub mod shutdown;
 pub mod telemetry;
+pub mod traces;
 pub mod validation;
 
 pub use document::PurchaseDocument;

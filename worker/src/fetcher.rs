@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     metrics::Metrics,
-    record::{Fetched, FetchedBatch, PoisonRecord, SinkMessage},
+    record::{Fetched, FetchedBatch, PoisonRecord, RecordSpan, SinkMessage},
 };
 
 pub struct FetchSettings {
@@ -639,7 +639,7 @@ impl FetchLoop {
                 records: fetched
                     .records
                     .into_iter()
-                    .map(|r| decode(partition, r))
+                    .map(|r| decode(&self.topic, partition, r))
                     .collect(),
             };
             self.hand_over(batch, offset, inbox, stop).await?;
@@ -716,10 +716,11 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-fn decode(partition: i32, fetched: FetchedRecord) -> Fetched {
+fn decode(topic: &str, partition: i32, fetched: FetchedRecord) -> Fetched {
+    let span = RecordSpan::start(topic, partition, &fetched);
     let value = fetched.value.map(Vec::from).unwrap_or_default();
     match PurchaseEvent::from_json(&value) {
-        Ok(event) => Fetched::Purchase(PurchaseDocument::from_event(&event)),
+        Ok(event) => Fetched::Purchase(PurchaseDocument::from_event(&event), span),
         Err(e) => Fetched::Poison(PoisonRecord {
             partition,
             offset: fetched.offset,

@@ -4,7 +4,8 @@ use worker::{config::WorkerConfig, startup::Worker};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = WorkerConfig::parse();
-    purchase::telemetry::init(&config.telemetry).map_err(anyhow::Error::msg)?;
+    let _traces =
+        purchase::telemetry::init(&config.telemetry, "worker").map_err(anyhow::Error::msg)?;
     let shutdown = purchase::shutdown::on_signal();
     Worker::build(config).await?.run(shutdown).await
 }

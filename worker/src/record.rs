@@ -2,7 +2,15 @@
 //! one partition in offset order, with records that cannot be stored typed as poison all the
 //! way to the dead-letter writer.
 
+use std::time::SystemTime;
+
+use kafka_group::FetchedRecord;
 use mongodb::bson::Document;
+use opentelemetry::{
+    trace::{Span, SpanKind, TraceContextExt, Tracer},
+    Context, KeyValue,
+};
+use purchase::traces;
 use tokio::sync::oneshot;
 
 /// A record that is not a valid purchase, kept byte for byte for the dead-letter topic.
@@ -17,9 +25,77 @@ pub struct PoisonRecord {
 }
 
 pub enum Fetched {
-    /// A valid purchase, as the document to store.
-    Purchase(Document),
+    /// A valid purchase, as the document to store, with its span when spans are exported.
+    Purchase(Document, Option<RecordSpan>),
     Poison(PoisonRecord),
+}
+
+/// The consumer span of one record, continuing the trace its headers carry (the gateway's
+/// produce span). It is open from the fetch until the write that stores the record is
+/// acknowledged, and that write becomes its child: one trace shows HTTP, produce, consume
+/// and the MongoDB write.
+pub struct RecordSpan(Context);
+
+impl RecordSpan {
+    /// `None` unless spans are exported: a pipeline without tracing does nothing per record.
+    pub fn start(topic: &str, partition: i32, record: &FetchedRecord) -> Option<Self> {
+        if !traces::exporting() {
+            return None;
+        }
+        let parent = traces::context_from(
+            record
+                .headers
+                .iter()
+                .filter_map(|(name, value)| Some((name.as_str(), value.as_deref()?))),
+        );
+        let tracer = traces::tracer();
+        let mut attributes = vec![
+            KeyValue::new("messaging.system", "kafka"),
+            KeyValue::new("messaging.operation.type", "process"),
+            KeyValue::new("messaging.destination.name", topic.to_string()),
+            KeyValue::new("messaging.destination.partition.id", partition.to_string()),
+            KeyValue::new("messaging.kafka.offset", record.offset),
+        ];
+        if let Some(id) = header(record, "ce_id") {
+            attributes.push(KeyValue::new("messaging.message.id", id));
+        }
+        let span = tracer
+            .span_builder(format!("process {topic}"))
+            .with_kind(SpanKind::Consumer)
+            .with_attributes(attributes)
+            .start_with_context(&tracer, &parent);
+        Some(Self(parent.with_span(span)))
+    }
+
+    /// The record was stored by the write of `documents` into `namespace` (`db.collection`)
+    /// that started at `write_started` and was acknowledged now.
+    pub fn stored(
+        self,
+        namespace: &mongodb::Namespace,
+        documents: usize,
+        write_started: SystemTime,
+    ) {
+        let tracer = traces::tracer();
+        tracer
+            .span_builder(format!("insert {}", namespace.coll))
+            .with_kind(SpanKind::Client)
+            .with_start_time(write_started)
+            .with_attributes([
+                KeyValue::new("db.system.name", "mongodb"),
+                KeyValue::new("db.operation.name", "insert"),
+                KeyValue::new("db.namespace", namespace.db.clone()),
+                KeyValue::new("db.collection.name", namespace.coll.clone()),
+                KeyValue::new("db.operation.batch.size", documents as i64),
+            ])
+            .start_with_context(&tracer, &self.0)
+            .end();
+        self.0.span().end();
+    }
+}
+
+fn header(record: &FetchedRecord, name: &str) -> Option<String> {
+    let (_, value) = record.headers.iter().find(|(n, _)| n == name)?;
+    String::from_utf8(value.as_deref()?.to_vec()).ok()
 }
 
 /// Consecutive records of one partition, ending just before `next_offset`.

@@ -12,7 +12,7 @@
 use std::{
     collections::BTreeMap,
     sync::Arc,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use kafka_group::{Backoff, GroupMember, TopicPartition};
@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     dlq::DeadLetters,
     metrics::Metrics,
-    record::{Fetched, FetchedBatch, PoisonRecord, SinkMessage},
+    record::{Fetched, FetchedBatch, PoisonRecord, RecordSpan, SinkMessage},
 };
 
 /// Pause before a refused commit is tried again when no new batch carries it.
@@ -46,6 +46,8 @@ pub struct Sink {
 #[derive(Default)]
 struct Pending {
     documents: Vec<Document>,
+    /// The spans of the records among `documents` that have one.
+    spans: Vec<RecordSpan>,
     poison: Vec<PoisonRecord>,
     /// Next offset to read per partition, once this batch is stored.
     offsets: BTreeMap<i32, i64>,
@@ -128,7 +130,8 @@ impl Sink {
         if batch.offsets.is_empty() {
             return;
         }
-        if !self.store(batch.documents).await || !self.dead_letter(batch.poison).await {
+        if !self.store(batch.documents, batch.spans).await || !self.dead_letter(batch.poison).await
+        {
             return;
         }
         commits.uncommitted.extend(batch.offsets);
@@ -164,13 +167,14 @@ impl Sink {
     }
 
     /// Writes until MongoDB acknowledges (or the grace period is over: `false`).
-    async fn store(&self, documents: Vec<Document>) -> bool {
+    async fn store(&self, documents: Vec<Document>, spans: Vec<RecordSpan>) -> bool {
         if documents.is_empty() {
             return true;
         }
         let mut backoff = Backoff::unbounded();
         loop {
             let started = Instant::now();
+            let started_at = SystemTime::now();
             let result = self.purchases.insert_many(&documents).ordered(false).await;
             self.metrics
                 .write_duration
@@ -181,6 +185,10 @@ impl Sink {
                     self.metrics.batch_documents.observe(documents.len() as f64);
                     self.metrics.documents_inserted.inc_by(inserted as u64);
                     self.metrics.duplicates.inc_by(duplicates as u64);
+                    let namespace = self.purchases.namespace();
+                    for span in spans {
+                        span.stored(&namespace, documents.len(), started_at);
+                    }
                     return true;
                 }
                 Err(e) => {
@@ -271,7 +279,10 @@ impl Pending {
         self.offsets.insert(batch.partition, batch.next_offset);
         for record in batch.records {
             match record {
-                Fetched::Purchase(document) => self.documents.push(document),
+                Fetched::Purchase(document, span) => {
+                    self.documents.push(document);
+                    self.spans.extend(span);
+                }
                 Fetched::Poison(poison) => self.poison.push(poison),
             }
         }

@@ -132,6 +132,25 @@ pub fn path_parameter_name(operation_id: &str, reported: &str) -> Option<&'stati
         .map(String::as_str)
 }
 
+/// The path template of an operation (`/api/users/{userId}/purchases` for
+/// `listUserPurchases`), from the same metadata as the spec: a span name that does not grow
+/// with the ids in the path.
+pub fn route_of(operation_id: &str) -> Option<&'static str> {
+    static ROUTES: LazyLock<HashMap<&'static str, String>> = LazyLock::new(|| {
+        Apis::meta()
+            .into_iter()
+            .flat_map(|api| api.paths)
+            .flat_map(|path| {
+                let template = path.path.to_string();
+                path.operations
+                    .into_iter()
+                    .filter_map(move |o| Some((o.operation_id?, template.clone())))
+            })
+            .collect()
+    });
+    ROUTES.get(operation_id).map(String::as_str)
+}
+
 /// The `Allow` header value for a request path (`GET, HEAD` for a read: poem answers HEAD on
 /// GET routes), from the same metadata as the spec. `None` for a path the API does not have.
 pub fn allowed_methods(path: &str) -> Option<&'static str> {

@@ -32,6 +32,14 @@ async fn accepted_purchase_is_on_the_topic_with_exactly_the_contract_fields_and_
     assert_eq!(record.key.as_deref(), Some("u-17"));
     assert_eq!(record.partition, partition_for_key(b"u-17", 3));
     assert_eq!(record.headers["content-type"], "application/json");
+    // CloudEvents binary mode: the event's attributes as ce_* headers.
+    assert_eq!(record.headers["ce_specversion"], "1.0");
+    assert_eq!(record.headers["ce_id"], event_id.as_str());
+    assert_eq!(record.headers["ce_source"], "/scalable-shop/gateway");
+    assert_eq!(
+        record.headers["ce_type"],
+        "scalable-shop.purchase.created.v1"
+    );
     let value = record.value.as_object().unwrap();
     let keys: BTreeSet<&str> = value.keys().map(String::as_str).collect();
     assert_eq!(
@@ -56,6 +64,37 @@ async fn accepted_purchase_is_on_the_topic_with_exactly_the_contract_fields_and_
         timestamp,
         purchase::event::uuid_v7_time(uuid::Uuid::parse_str(&event_id).unwrap())
     );
+    let ce_time = chrono::DateTime::parse_from_rfc3339(&record.headers["ce_time"]).unwrap();
+    assert_eq!(ce_time, timestamp);
+    assert!(
+        !record.headers.contains_key("traceparent"),
+        "a request without trace context starts none when no spans are exported: {:?}",
+        record.headers
+    );
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_callers_trace_context_is_carried_into_the_record_even_when_no_spans_are_exported() {
+    let app = spawn_app().await;
+    let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    for path in ["/api/purchases", "/api/buy"] {
+        let response = app
+            .client
+            .post(format!("{}{path}", app.address))
+            .header("traceparent", traceparent)
+            .header("tracestate", "shop=checkout")
+            .json(&json!({"username": "ann", "userId": "u-1", "price": 1.5}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 202, "{path}");
+    }
+    let dump = app.read_topic(2);
+    for record in &dump.records {
+        assert_eq!(record.headers["traceparent"], traceparent, "{record:?}");
+        assert_eq!(record.headers["tracestate"], "shop=checkout", "{record:?}");
+    }
     app.stop().await.unwrap();
 }
 

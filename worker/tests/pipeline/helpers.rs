@@ -115,8 +115,17 @@ impl Pipeline {
 
     /// Starts a worker process of this pipeline.
     pub fn worker(&self) -> WorkerProcess {
+        self.worker_with_env(&[])
+    }
+
+    /// A worker with these environment variables added.
+    pub fn worker_with_env(&self, env: &[(&str, &str)]) -> WorkerProcess {
         let port = free_port();
-        let child = self.worker_command(port).spawn().expect("start worker");
+        let child = self
+            .worker_command(port)
+            .envs(env.iter().copied())
+            .spawn()
+            .expect("start worker");
         WorkerProcess {
             child,
             metrics: format!("http://127.0.0.1:{port}/metrics"),
