@@ -35,14 +35,15 @@ pub async fn trace_request<E: Endpoint>(next: Arc<E>, req: Request) -> poem::Res
             .map(IntoResponse::into_response);
     }
     let method = req.method().to_string();
-    let span = traces::tracer()
+    let tracer = traces::tracer();
+    let span = tracer
         .span_builder(method.clone())
         .with_kind(SpanKind::Server)
         .with_attributes([
             KeyValue::new("http.request.method", method.clone()),
             KeyValue::new("url.path", path.to_string()),
         ])
-        .start_with_context(&traces::tracer(), &parent);
+        .start_with_context(&tracer, &parent);
     let context = parent.with_span(span);
     let result = next
         .call(req)

@@ -36,7 +36,8 @@ pub struct Traces {
     provider: Option<SdkTracerProvider>,
 }
 
-const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Within the pods' termination grace periods, which the shutdown grace already mostly uses.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Drop for Traces {
     fn drop(&mut self) {

@@ -227,3 +227,25 @@ async fn a_purchase_is_one_trace_from_the_request_through_kafka_to_the_mongodb_w
     assert_eq!(assert_chain(&spans, &pipeline.topic, ""), fresh_parent);
     drop(worker);
 }
+
+#[tokio::test]
+async fn an_unreachable_collector_neither_stops_the_workers_nor_delays_their_exit() {
+    let pipeline = Pipeline::start().await;
+    // Nothing listens there: every export fails.
+    let nowhere = format!("http://127.0.0.1:{}", helpers::free_port());
+    let mut worker = pipeline.worker_with_env(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &nowhere),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ]);
+    wait_assigned(&[&worker], Duration::from_secs(60)).await;
+    let accepted = pipeline.post_purchases(200, 8).await;
+    pipeline
+        .wait_stored(accepted.len(), Duration::from_secs(60))
+        .await;
+    let stopping = Instant::now();
+    worker.send_term();
+    let took = worker.wait_clean_exit(stopping, Duration::from_secs(20));
+    println!("exit after SIGTERM with an unreachable collector: {took:?}");
+    // The flush of the last spans is bounded (3 s) on top of an ordinary exit.
+    assert!(took < Duration::from_secs(10), "exit took {took:?}");
+}
