@@ -1,5 +1,7 @@
 """Reads every record of a topic with confluent-kafka (librdkafka), an independent client,
-and prints them as JSON: [{partition, offset, key, value, headers}].
+and prints them as JSON: [{partition, offset, key, value, headers, cloudevent}], where
+`cloudevent` is the record as the CloudEvents SDK reads it in binary content mode (its
+attributes and data), or {"error": why} when it is not one.
 
 usage: read_topic.py BOOTSTRAP TOPIC EXPECTED_COUNT [TIMEOUT_SECONDS]
 Stops once EXPECTED_COUNT records were read and no more arrive for a second, or at the timeout.
@@ -9,6 +11,7 @@ import os
 import sys
 import time
 
+from cloudevents.v1.kafka import KafkaMessage, from_binary
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 
@@ -36,6 +39,18 @@ def decode(value):
         return value.decode(errors="replace")
 
 
+def cloudevent(message):
+    """The record as the CloudEvents SDK's Kafka binding reads it, or why it cannot."""
+    try:
+        event = from_binary(KafkaMessage(headers=dict(message.headers() or []),
+                                         key=message.key(), value=message.value()))
+    except Exception as error:  # the SDK raises several types; any means "not a CloudEvent"
+        return {"error": f"{type(error).__name__}: {error}"}
+    attributes = {name: value if isinstance(value, str) else str(value)
+                  for name, value in event.get_attributes().items()}
+    return {**attributes, "data": event.get_data()}
+
+
 records, quiet_since = [], None
 while time.time() < deadline:
     message = consumer.poll(0.2)
@@ -52,6 +67,7 @@ while time.time() < deadline:
         "key": message.key().decode() if message.key() is not None else None,
         "value": decode(message.value()),
         "headers": {k: v.decode() for k, v in (message.headers() or [])},
+        "cloudevent": cloudevent(message),
     })
 consumer.close()
 print(json.dumps({"partitions": len(partitions), "records": records}))

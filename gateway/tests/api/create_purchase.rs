@@ -40,6 +40,14 @@ async fn accepted_purchase_is_on_the_topic_with_exactly_the_contract_fields_and_
         record.headers["ce_type"],
         "scalable-shop.purchase.created.v1"
     );
+    // ...and the CloudEvents SDK's Kafka binding reads the record as that event.
+    let cloudevent = &record.cloudevent;
+    assert_eq!(cloudevent["specversion"], "1.0", "{cloudevent}");
+    assert_eq!(cloudevent["id"], event_id.as_str());
+    assert_eq!(cloudevent["source"], "/scalable-shop/gateway");
+    assert_eq!(cloudevent["type"], "scalable-shop.purchase.created.v1");
+    assert_eq!(cloudevent["datacontenttype"], "application/json");
+    assert_eq!(cloudevent["data"], record.value);
     let value = record.value.as_object().unwrap();
     let keys: BTreeSet<&str> = value.keys().map(String::as_str).collect();
     assert_eq!(

@@ -228,6 +228,8 @@ pub struct TopicRecord {
     pub key: Option<String>,
     pub value: Value,
     pub headers: std::collections::BTreeMap<String, String>,
+    /// The record as the CloudEvents SDK reads it: attributes and `data`, or `error`.
+    pub cloudevent: Value,
 }
 
 /// A purchase event as the gateway would make it, for seeding the database.
