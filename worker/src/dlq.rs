@@ -1,5 +1,6 @@
-//! The dead-letter topic: poison records keep their key and value byte for byte; the reason
-//! and where they came from travel in headers (the Kafka Connect convention).
+//! The dead-letter topic: poison records keep their key, value and headers byte for byte; the
+//! reason and where they came from travel in added `dlq.*` headers (the Kafka Connect
+//! convention), which replace any the original carried.
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -36,25 +37,28 @@ impl DeadLetters {
             offset,
             key,
             value,
+            headers,
             reason,
         } in poison
         {
             let target = (*partition as usize) % self.partitions.len();
+            let mut headers: BTreeMap<String, Vec<u8>> = headers.iter().cloned().collect();
+            headers.extend([
+                ("dlq.reason".to_string(), reason.clone().into_bytes()),
+                (
+                    "dlq.topic".to_string(),
+                    self.source_topic.clone().into_bytes(),
+                ),
+                (
+                    "dlq.partition".to_string(),
+                    partition.to_string().into_bytes(),
+                ),
+                ("dlq.offset".to_string(), offset.to_string().into_bytes()),
+            ]);
             by_partition.entry(target).or_default().push(Record {
                 key: key.clone(),
                 value: Some(value.clone()),
-                headers: BTreeMap::from([
-                    ("dlq.reason".to_string(), reason.clone().into_bytes()),
-                    (
-                        "dlq.topic".to_string(),
-                        self.source_topic.clone().into_bytes(),
-                    ),
-                    (
-                        "dlq.partition".to_string(),
-                        partition.to_string().into_bytes(),
-                    ),
-                    ("dlq.offset".to_string(), offset.to_string().into_bytes()),
-                ]),
+                headers,
                 timestamp: rskafka::chrono::DateTime::from_timestamp_millis(now_millis())
                     .unwrap_or_default(),
             });

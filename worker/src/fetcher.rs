@@ -726,6 +726,11 @@ fn decode(topic: &str, partition: i32, fetched: FetchedRecord) -> Fetched {
             offset: fetched.offset,
             key: fetched.key.map(Vec::from),
             value,
+            headers: fetched
+                .headers
+                .into_iter()
+                .filter_map(|(name, value)| Some((name, value?.to_vec())))
+                .collect(),
             reason: e.to_string(),
         }),
     }

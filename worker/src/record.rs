@@ -20,6 +20,9 @@ pub struct PoisonRecord {
     pub offset: i64,
     pub key: Option<Vec<u8>>,
     pub value: Vec<u8>,
+    /// Its headers as they came (a header without a value is left out), so the dead letter
+    /// keeps the trace context and CloudEvents attributes of the original.
+    pub headers: Vec<(String, Vec<u8>)>,
     /// Why it could not be decoded or validated.
     pub reason: String,
 }

@@ -8,6 +8,8 @@ use test_support::run_python;
 
 use crate::helpers::*;
 
+const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
 #[tokio::test]
 async fn poison_records_go_to_the_dead_letter_topic_and_the_good_ones_behind_them_are_stored() {
     let pipeline = Pipeline::start().await;
@@ -39,7 +41,11 @@ async fn poison_records_go_to_the_dead_letter_topic_and_the_good_ones_behind_the
         .map(|v| Record {
             key: Some(b"u1".to_vec()),
             value: Some(v.clone().into_bytes()),
-            headers: BTreeMap::new(),
+            // The original's headers (trace context, a forged dlq.* header) reach the dead letter.
+            headers: BTreeMap::from([
+                ("traceparent".to_string(), TRACEPARENT.as_bytes().to_vec()),
+                ("dlq.offset".to_string(), b"forged".to_vec()),
+            ]),
             timestamp: rskafka::chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
         })
         .collect();
@@ -74,6 +80,7 @@ async fn poison_records_go_to_the_dead_letter_topic_and_the_good_ones_behind_the
         assert_eq!(record["headers"]["dlq.topic"], pipeline.topic.as_str());
         assert!(!record["headers"]["dlq.reason"].as_str().unwrap().is_empty());
         assert_eq!(record["key"], "u1");
+        assert_eq!(record["headers"]["traceparent"], TRACEPARENT, "{record}");
     }
     let reasons: Vec<&str> = records
         .iter()
