@@ -3,7 +3,7 @@
 # MongoDB-wire server (secantusd-rs), each on a free loopback port with its own directory.
 #
 #   scripts/infra.sh install                          install pinned versions when missing
-#   scripts/infra.sh start kafka|mongo DIR [--owner-pid PID] [--user NAME:PASSWORD] [--tls CERTS]
+#   scripts/infra.sh start kafka|mongo DIR [--owner-pid PID] [--user NAME:PASSWORD] [--tls CERTS [--mutual-tls]]
 #        start a server whose state lives in DIR; prints its address once it is ready.
 #        Restarting in the same DIR keeps the data and the port. With --owner-pid the
 #        server stops by itself when that process exits (tests cannot leak servers).
@@ -11,6 +11,7 @@
 #        `nisshi user create`; mongo: --auth, a readWriteAnyDatabase user on admin).
 #        --tls: reached over TLS only, with CERTS/server.pem and server.key (from `certs`);
 #        mongo also verifies client certificates signed by CERTS/ca.pem when presented.
+#        --mutual-tls (kafka): clients must present a certificate signed by CERTS/ca.pem.
 #   scripts/infra.sh certs DIR                        a test CA and server/client certificates
 #                                                     for 127.0.0.1 and localhost (kept if there)
 #   scripts/infra.sh stop DIR                         stop it (TERM, then KILL after 10 s)
@@ -140,17 +141,22 @@ PY
 }
 
 start() {
-  local kind="${1:-}" dir="${2:-}" owner="" user="" tls=""
-  [ -n "$kind" ] && [ -n "$dir" ] || die "usage: start kafka|mongo DIR [--owner-pid PID] [--user NAME:PASSWORD] [--tls CERTS]"
+  local kind="${1:-}" dir="${2:-}" owner="" user="" tls="" mutual=""
+  [ -n "$kind" ] && [ -n "$dir" ] || die "usage: start kafka|mongo DIR [--owner-pid PID] [--user NAME:PASSWORD] [--tls CERTS [--mutual-tls]]"
   shift 2
   while [ $# -gt 0 ]; do
     case "$1" in
       --owner-pid) owner="${2:?--owner-pid needs a PID}"; shift 2 ;;
       --user) user="${2:?--user needs NAME:PASSWORD}"; shift 2 ;;
       --tls) tls="$(cd "${2:?--tls needs a certificate directory}" && pwd -P)" || die "no certificate directory $2"; shift 2 ;;
+      --mutual-tls) mutual=1; shift ;;
       *) die "unknown option $1" ;;
     esac
   done
+  if [ -n "$mutual" ]; then
+    [ -n "$tls" ] || die "--mutual-tls needs --tls CERTS"
+    [ "$kind" = kafka ] || die "--mutual-tls is for kafka (mongo verifies client certificates whenever they are presented)"
+  fi
   case "$user" in "" | ?*:?*) ;; *) die "--user must be NAME:PASSWORD" ;; esac
   if [ -n "$tls" ]; then [ -f "$tls/server.pem" ] || die "no $tls/server.pem: make it with scripts/infra.sh certs $tls"; fi
   mkdir -p "$dir"
@@ -190,7 +196,8 @@ start() {
       pid="$(cat "$dir/pid")"
       if [ -n "$tls" ]; then
         ( cd "$dir" && exec python3 "$SCRIPTS/tls_terminator.py" --listen "$port" --forward "$listen" \
-            --cert "$tls/server.pem" --key "$tls/server.key" </dev/null >>"$dir/tls.log" 2>&1 ) &
+            --cert "$tls/server.pem" --key "$tls/server.key" ${mutual:+--client-ca "$tls/ca.pem"} \
+            </dev/null >>"$dir/tls.log" 2>&1 ) &
         echo $! >"$dir/tls.pid"
         wait_for_log "$dir/tls.log" "listening on" "$(cat "$dir/tls.pid")"
       fi

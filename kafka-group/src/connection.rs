@@ -80,7 +80,8 @@ impl Connection {
         // Version 0 is understood by every broker; its answer lists what else is.
         let response: ApiVersionsResponse = connection
             .send_with_version(&ApiVersionsRequest::default(), 0, request_timeout)
-            .await?;
+            .await
+            .map_err(|e| refused_after_handshake(e, address, security))?;
         if let Some(error) = crate::error::protocol_error(response.error_code) {
             return Err(Error::Protocol {
                 api: "ApiVersions",
@@ -230,4 +231,31 @@ pub(crate) fn api_name(key: i16) -> String {
     ApiKey::try_from(key)
         .map(|k| format!("{k:?}"))
         .unwrap_or_else(|_| format!("api {key}"))
+}
+
+/// A TLS 1.3 server checks the client's certificate after the client considers the handshake
+/// done, so a refusal only shows as the connection closing under the first request. Said
+/// with its likely cause, but still an I/O error: a TLS proxy whose broker is down closes
+/// the same way, and that heals by retrying.
+fn refused_after_handshake(error: Error, address: &str, security: &Security) -> Error {
+    match (&security.tls, error) {
+        (Some(_), Error::Io(cause))
+            if [
+                "close_notify",
+                "end of file",
+                "alert",
+                "reset by peer",
+                "broken pipe",
+            ]
+            .iter()
+            .any(|sign| cause.to_lowercase().contains(sign)) =>
+        {
+            Error::Io(format!(
+                "{address} closed the TLS connection before answering its first request ({cause}): \
+                 a broker that requires a client certificate does this when none is presented, \
+                 or one it does not trust; a TLS proxy does it when its broker is down"
+            ))
+        }
+        (_, error) => error,
+    }
 }

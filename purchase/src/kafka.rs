@@ -22,6 +22,13 @@ pub enum ConnectError {
     Security(kafka_group::Error),
     #[error(transparent)]
     Kafka(#[from] KafkaError),
+    /// rskafka could not connect either; what the first connection saw names the cause
+    /// better than rskafka's retries do.
+    #[error("{check} (rskafka then gave up too: {rskafka})")]
+    AfterCheck {
+        check: kafka_group::Error,
+        rskafka: KafkaError,
+    },
 }
 
 /// Builds a client whose retries give up after `retry_deadline`, so no caller can hang on a
@@ -30,6 +37,7 @@ pub enum ConnectError {
 /// connection is tried first, so refused credentials or an untrusted certificate are
 /// reported at once and by name instead of after rskafka's retry deadline.
 pub async fn connect(args: &KafkaArgs, security: &Security) -> Result<Client, ConnectError> {
+    let mut check = None;
     if security.tls.is_some() || security.sasl.is_some() {
         if let Err(e) = security
             .check(&args.events.brokers, &args.client_id, args.retry_deadline)
@@ -38,10 +46,11 @@ pub async fn connect(args: &KafkaArgs, security: &Security) -> Result<Client, Co
             if e.is_security() {
                 return Err(ConnectError::Security(e));
             }
+            check = Some(e);
         }
     }
     let builder = ClientBuilder::new(args.events.brokers.clone());
-    Ok(kafka_security::secure(builder, security)
+    kafka_security::secure(builder, security)
         .client_id(args.client_id.as_str())
         .backoff_config(BackoffConfig {
             init_backoff: Duration::from_millis(50),
@@ -50,7 +59,11 @@ pub async fn connect(args: &KafkaArgs, security: &Security) -> Result<Client, Co
             deadline: Some(args.retry_deadline),
         })
         .build()
-        .await?)
+        .await
+        .map_err(|rskafka| match check {
+            Some(check) => ConnectError::AfterCheck { check, rskafka },
+            None => ConnectError::Kafka(rskafka),
+        })
 }
 
 /// Creates the topic when missing and returns its real partition count (which wins over

@@ -161,11 +161,20 @@ async fn purchases_with_tokens_are_stored_by_workers_over_sasl_tls_and_committed
 
 /// Builds a worker with `flags` on the secured servers and returns its start-up error.
 async fn worker_start_up_error(flags: Vec<String>, mongo_uri: String) -> String {
-    let config = worker::config::WorkerConfig::try_parse_from(
+    worker_start_up_error_on(&servers().kafka.address, flags, mongo_uri).await
+}
+
+/// A worker configuration for start-up tests against the broker at `kafka`.
+fn start_up_config(
+    kafka: &str,
+    flags: Vec<String>,
+    mongo_uri: String,
+) -> worker::config::WorkerConfig {
+    worker::config::WorkerConfig::try_parse_from(
         [
             "worker".to_string(),
             "--listen=127.0.0.1:0".into(),
-            format!("--kafka-brokers={}", servers().kafka.address),
+            format!("--kafka-brokers={kafka}"),
             "--kafka-topic=purchases-security-start".into(),
             "--kafka-retry-deadline=3s".into(),
             format!("--mongo-uri={mongo_uri}"),
@@ -175,7 +184,11 @@ async fn worker_start_up_error(flags: Vec<String>, mongo_uri: String) -> String 
         .into_iter()
         .chain(flags),
     )
-    .expect("worker flags");
+    .expect("worker flags")
+}
+
+async fn worker_start_up_error_on(kafka: &str, flags: Vec<String>, mongo_uri: String) -> String {
+    let config = start_up_config(kafka, flags, mongo_uri);
     let started = Instant::now();
     let error = match worker::startup::Worker::build(config).await {
         Ok(_) => panic!("the worker started with bad security settings"),
@@ -287,4 +300,47 @@ async fn the_gateway_reads_the_mongodb_connection_string_from_a_file() {
     assert_eq!(status, 200, "{body}");
     shutdown.cancel();
     let _ = server.await;
+}
+
+/// A broker that takes only clients with a certificate signed by the test CA (TLS without
+/// SASL: the client certificate is the identity).
+fn mutual_tls_broker() -> &'static InfraServer {
+    static BROKER: OnceLock<InfraServer> = OnceLock::new();
+    BROKER.get_or_init(|| {
+        InfraServer::start_with("kafka", &["--tls", servers().certs.dir(), "--mutual-tls"])
+    })
+}
+
+#[tokio::test]
+async fn a_worker_with_a_client_certificate_starts_on_a_broker_that_requires_one() {
+    let servers = servers();
+    let ca = servers.certs.file("ca.pem");
+    let config = start_up_config(
+        &mutual_tls_broker().address,
+        vec![
+            "--kafka-tls".into(),
+            format!("--kafka-tls-ca-file={ca}"),
+            format!("--kafka-tls-cert-file={}", servers.certs.file("client.pem")),
+            format!("--kafka-tls-key-file={}", servers.certs.file("client.key")),
+        ],
+        servers.mongo_uri(MONGO_PASSWORD, &ca),
+    );
+    worker::startup::Worker::build(config)
+        .await
+        .expect("the worker starts with its client certificate");
+}
+
+#[tokio::test]
+async fn without_a_client_certificate_a_broker_that_requires_one_stops_start_up() {
+    let servers = servers();
+    let ca = servers.certs.file("ca.pem");
+    let error = worker_start_up_error_on(
+        &mutual_tls_broker().address,
+        vec!["--kafka-tls".into(), format!("--kafka-tls-ca-file={ca}")],
+        servers.mongo_uri(MONGO_PASSWORD, &ca),
+    )
+    .await;
+    eprintln!("[security] no client certificate: {error}");
+    assert!(error.contains("Kafka") && error.contains("TLS"), "{error}");
+    assert!(error.contains("client certificate"), "{error}");
 }
