@@ -159,19 +159,16 @@ impl PurchaseProducer {
     /// send's own span when spans are exported, else the caller's `traceparent` as it came.
     pub async fn send(&self, event: &PurchaseEvent) -> Result<Delivery, ProduceError> {
         let (partition, mut record) = event.to_record(self.queues.len() as i32);
-        let span = traces::exporting().then(|| self.send_span(event, partition));
-        let context = match &span {
-            Some(span) => span.clone(),
-            None => Context::current(),
-        };
+        let send_span = traces::exporting().then(|| self.send_span(event, partition));
+        let carried = send_span.clone().unwrap_or_else(Context::current);
         record.headers.extend(
-            traces::headers_for(&context)
+            traces::headers_for(&carried)
                 .into_iter()
                 .map(|(name, value)| (name, value.into_bytes())),
         );
         let result = self.send_record(partition, record).await;
-        if let Some(span) = span {
-            let span = span.span();
+        if let Some(send_span) = send_span {
+            let span = send_span.span();
             match &result {
                 Ok(delivery) => {
                     span.set_attribute(KeyValue::new("messaging.kafka.offset", delivery.offset))

@@ -6,7 +6,28 @@ use std::{
     process::Command,
 };
 
+pub mod secured;
 pub mod tokens;
+
+pub use secured::SecuredServers;
+
+/// Serves `app` on a free loopback port in the background: its base URL (`http://host:port`)
+/// and the server task (abort it to stop serving).
+pub async fn serve_on_loopback(
+    app: impl poem::IntoEndpoint + Send + 'static,
+) -> (String, tokio::task::JoinHandle<std::io::Result<()>>) {
+    use poem::listener::{Acceptor, Listener};
+    let acceptor = poem::listener::TcpListener::bind("127.0.0.1:0")
+        .into_acceptor()
+        .await
+        .expect("bind a loopback port");
+    let address = acceptor.local_addr()[0]
+        .as_socket_addr()
+        .copied()
+        .expect("a TCP address");
+    let task = tokio::spawn(poem::Server::new_with_acceptor(acceptor).run(app));
+    (format!("http://{address}"), task)
+}
 
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -23,7 +23,7 @@ use rskafka::{
     },
     record::Record,
 };
-use test_support::{InfraServer, TestCertificates};
+use test_support::{secured::MONGO_PASSWORD, InfraServer, SecuredServers};
 use tokio_util::sync::CancellationToken;
 use worker::{config::WorkerConfig, startup::Worker};
 
@@ -31,67 +31,52 @@ const PARTITIONS: i32 = 12;
 const BATCH: usize = 1000;
 const FETCH_BYTES: i32 = 1024 * 1024;
 const TOPIC: &str = "bench-purchases";
-const KAFKA_USER: &str = "bench-worker";
-const KAFKA_PASSWORD: &str = "bench-kafka-secret";
-const MONGO_USER: &str = "bench";
-const MONGO_PASSWORD: &str = "bench-mongo-secret";
 
 /// A broker and a database, and how every client of the bench reaches them.
 struct Servers {
-    kafka: InfraServer,
-    /// Kept running for the bench; reached through `mongo_uri`.
-    _mongo: InfraServer,
+    kafka_address: String,
     mongo_uri: String,
     /// The worker's Kafka security flags (none on plaintext servers).
     kafka_flags: Vec<String>,
-    _files: Option<(TestCertificates, tempfile::TempDir)>,
+    /// Kept running while the bench measures.
+    _running: Running,
+}
+
+enum Running {
+    Plaintext {
+        _kafka: InfraServer,
+        _mongo: InfraServer,
+    },
+    Secured {
+        _servers: SecuredServers,
+    },
 }
 
 impl Servers {
     fn plaintext() -> Self {
         let kafka = InfraServer::start("kafka");
         let mongo = InfraServer::start("mongo");
-        let mongo_uri = mongo.address.clone();
         Self {
-            kafka,
-            _mongo: mongo,
-            mongo_uri,
+            kafka_address: kafka.address.clone(),
+            mongo_uri: mongo.address.clone(),
             kafka_flags: Vec::new(),
-            _files: None,
+            _running: Running::Plaintext {
+                _kafka: kafka,
+                _mongo: mongo,
+            },
         }
     }
 
     /// The production setup: nothing reachable without TLS and credentials.
-    fn secured() -> anyhow::Result<Self> {
-        let certs = TestCertificates::new();
-        let kafka_user = format!("{KAFKA_USER}:{KAFKA_PASSWORD}");
-        let mongo_user = format!("{MONGO_USER}:{MONGO_PASSWORD}");
-        let kafka =
-            InfraServer::start_with("kafka", &["--user", &kafka_user, "--tls", certs.dir()]);
-        let mongo =
-            InfraServer::start_with("mongo", &["--user", &mongo_user, "--tls", certs.dir()]);
-        let files = tempfile::tempdir()?;
-        let password_file = files.path().join("kafka-password");
-        std::fs::write(&password_file, KAFKA_PASSWORD)?;
-        let ca = certs.file("ca.pem");
-        let mongo_uri = format!(
-            "mongodb://{MONGO_USER}:{MONGO_PASSWORD}@{}/?tls=true&tlsCAFile={ca}&authSource=admin",
-            mongo.address.trim_start_matches("mongodb://")
-        );
-        let kafka_flags = vec![
-            "--kafka-sasl-mechanism=SCRAM-SHA-512".into(),
-            format!("--kafka-sasl-username={KAFKA_USER}"),
-            format!("--kafka-sasl-password-file={}", password_file.display()),
-            "--kafka-tls".into(),
-            format!("--kafka-tls-ca-file={ca}"),
-        ];
-        Ok(Self {
-            kafka,
-            _mongo: mongo,
-            mongo_uri,
-            kafka_flags,
-            _files: Some((certs, files)),
-        })
+    fn secured() -> Self {
+        let servers = SecuredServers::start();
+        let ca = servers.certs.file("ca.pem");
+        Self {
+            kafka_address: servers.kafka.address.clone(),
+            mongo_uri: servers.mongo_uri(MONGO_PASSWORD, &ca),
+            kafka_flags: servers.kafka_flags(&servers.password_file(), &ca),
+            _running: Running::Secured { _servers: servers },
+        }
     }
 
     /// A worker configuration for these servers, reading `database`.
@@ -104,7 +89,7 @@ impl Servers {
         let mut args = vec![
             "worker".to_string(),
             "--listen=127.0.0.1:0".into(),
-            format!("--kafka-brokers={}", self.kafka.address),
+            format!("--kafka-brokers={}", self.kafka_address),
             format!("--kafka-topic={TOPIC}"),
             format!("--kafka-group-id={group}"),
             format!("--mongo-uri={}", self.mongo_uri),
@@ -119,7 +104,7 @@ impl Servers {
     async fn kafka_client(&self) -> anyhow::Result<Client> {
         let config = self.worker_config("unused", "unused", &[])?;
         let security = kafka_security::resolve(&config.kafka.events.security)?;
-        let builder = ClientBuilder::new(vec![self.kafka.address.clone()]);
+        let builder = ClientBuilder::new(vec![self.kafka_address.clone()]);
         Ok(kafka_security::secure(builder, &security).build().await?)
     }
 
@@ -155,7 +140,7 @@ async fn main() -> anyhow::Result<()> {
         .collect();
 
     let plaintext = Servers::plaintext();
-    let secured = Servers::secured()?;
+    let secured = Servers::secured();
     let plain = measure(&plaintext, &events, true).await?;
     let safe = measure(&secured, &events, false).await?;
 

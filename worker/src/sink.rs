@@ -185,9 +185,11 @@ impl Sink {
                     self.metrics.batch_documents.observe(documents.len() as f64);
                     self.metrics.documents_inserted.inc_by(inserted as u64);
                     self.metrics.duplicates.inc_by(duplicates as u64);
-                    let namespace = self.purchases.namespace();
-                    for span in spans {
-                        span.stored(&namespace, documents.len(), started_at);
+                    if !spans.is_empty() {
+                        let namespace = self.purchases.namespace();
+                        for span in spans {
+                            span.stored(&namespace, documents.len(), started_at);
+                        }
                     }
                     return true;
                 }

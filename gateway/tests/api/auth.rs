@@ -676,20 +676,7 @@ struct JwksServer {
 
 impl JwksServer {
     async fn start(jwks: &Value) -> Self {
-        use poem::{
-            endpoint::make_sync,
-            http::StatusCode,
-            listener::{Acceptor, Listener, TcpListener},
-            Response, Route, Server,
-        };
-        let acceptor = TcpListener::bind("127.0.0.1:0")
-            .into_acceptor()
-            .await
-            .expect("bind the JWKS server");
-        let address = acceptor.local_addr()[0]
-            .as_socket_addr()
-            .copied()
-            .expect("a TCP address");
+        use poem::{endpoint::make_sync, http::StatusCode, Response, Route};
         let answer = Arc::new(Mutex::new((200, jwks.to_string())));
         let fetches = Arc::new(AtomicUsize::new(0));
         let endpoint = make_sync({
@@ -703,11 +690,10 @@ impl JwksServer {
                     .body(body)
             }
         });
-        let task = tokio::spawn(
-            Server::new_with_acceptor(acceptor).run(Route::new().at("/jwks.json", endpoint)),
-        );
+        let (base, task) =
+            test_support::serve_on_loopback(Route::new().at("/jwks.json", endpoint)).await;
         Self {
-            url: format!("http://{address}/jwks.json"),
+            url: format!("{base}/jwks.json"),
             answer,
             fetches,
             task,

@@ -12,81 +12,18 @@ use std::{
 use clap::Parser;
 use serde_json::json;
 use test_support::{
+    secured::{KAFKA_PASSWORD, KAFKA_USER, MONGO_PASSWORD},
     tokens::{self, TestKey},
-    InfraServer, TestCertificates,
+    InfraServer, SecuredServers, TestCertificates,
 };
 
 use crate::helpers::{
     assert_exactly_once, one_heavy_test_at_a_time, wait_assigned, Pipeline, Secured,
 };
 
-const KAFKA_USER: &str = "shop-workers";
-const KAFKA_PASSWORD: &str = "kafka-Pa55-word";
-const MONGO_USER: &str = "shop";
-const MONGO_PASSWORD: &str = "mongo-Pa55-word";
-
-/// The certificates, both servers, and files the flags name (kept for the whole run).
-struct SecuredServers {
-    certs: TestCertificates,
-    kafka: InfraServer,
-    mongo: InfraServer,
-    files: tempfile::TempDir,
-}
-
-impl SecuredServers {
-    fn password_file(&self) -> String {
-        self.files
-            .path()
-            .join("kafka-password")
-            .display()
-            .to_string()
-    }
-
-    /// The Kafka flags of gateway, worker and lag tool, with `password_file` holding the
-    /// password and `ca` the CA certificates trusted.
-    fn kafka_flags(&self, password_file: &str, ca: &str) -> Vec<String> {
-        vec![
-            "--kafka-sasl-mechanism=SCRAM-SHA-512".into(),
-            format!("--kafka-sasl-username={KAFKA_USER}"),
-            format!("--kafka-sasl-password-file={password_file}"),
-            "--kafka-tls".into(),
-            format!("--kafka-tls-ca-file={ca}"),
-        ]
-    }
-
-    fn mongo_uri(&self, password: &str, ca: &str) -> String {
-        let port = self
-            .mongo
-            .address
-            .rsplit(':')
-            .next()
-            .expect("mongodb://host:port");
-        format!("mongodb://{MONGO_USER}:{password}@127.0.0.1:{port}/?tls=true&tlsCAFile={ca}&authSource=admin")
-    }
-}
-
 fn servers() -> &'static SecuredServers {
     static SERVERS: OnceLock<SecuredServers> = OnceLock::new();
-    SERVERS.get_or_init(|| {
-        let certs = TestCertificates::new();
-        let tls = ["--tls", certs.dir()];
-        let kafka_user = format!("{KAFKA_USER}:{KAFKA_PASSWORD}");
-        let mongo_user = format!("{MONGO_USER}:{MONGO_PASSWORD}");
-        let kafka = InfraServer::start_with("kafka", &["--user", &kafka_user, tls[0], tls[1]]);
-        let mongo = InfraServer::start_with("mongo", &["--user", &mongo_user, tls[0], tls[1]]);
-        let files = tempfile::tempdir().expect("temp dir");
-        std::fs::write(
-            files.path().join("kafka-password"),
-            format!("{KAFKA_PASSWORD}\n"),
-        )
-        .expect("password file");
-        SecuredServers {
-            certs,
-            kafka,
-            mongo,
-            files,
-        }
-    })
+    SERVERS.get_or_init(SecuredServers::start)
 }
 
 #[tokio::test]
@@ -96,7 +33,7 @@ async fn purchases_with_tokens_are_stored_by_workers_over_sasl_tls_and_committed
     let servers = servers();
     let ca = servers.certs.file("ca.pem");
     let key = TestKey::es256("pipeline-key");
-    let jwks_file = servers.files.path().join("jwks.json");
+    let jwks_file = servers.files().join("jwks.json");
     std::fs::write(&jwks_file, tokens::jwks(&[&key]).to_string()).expect("JWKS file");
     // A server-to-server caller buying for many users: the any-user scopes.
     let token = key.sign(&tokens::claims_with_scope(
@@ -206,7 +143,7 @@ async fn worker_start_up_error_on(kafka: &str, flags: Vec<String>, mongo_uri: St
 async fn a_wrong_kafka_password_stops_start_up_naming_kafka_the_user_and_sasl() {
     let servers = servers();
     let ca = servers.certs.file("ca.pem");
-    let wrong = servers.files.path().join("wrong-password");
+    let wrong = servers.files().join("wrong-password");
     std::fs::write(&wrong, "not-it").expect("file");
     let error = worker_start_up_error(
         servers.kafka_flags(&wrong.display().to_string(), &ca),
@@ -268,7 +205,7 @@ async fn an_untrusted_mongodb_certificate_stops_start_up_naming_tls() {
 async fn the_gateway_reads_the_mongodb_connection_string_from_a_file() {
     let servers = servers();
     let ca = servers.certs.file("ca.pem");
-    let uri_file = servers.files.path().join("mongo-uri");
+    let uri_file = servers.files().join("mongo-uri");
     std::fs::write(
         &uri_file,
         format!("{}\n", servers.mongo_uri(MONGO_PASSWORD, &ca)),

@@ -17,16 +17,10 @@ use opentelemetry_proto::tonic::{
     collector::trace::v1::ExportTraceServiceRequest, common::v1::any_value::Value as AnyValue,
     trace::v1::span::SpanKind,
 };
-use poem::{
-    handler,
-    listener::{Acceptor, Listener},
-    post,
-    web::Data,
-    EndpointExt, Route,
-};
+use poem::{handler, post, web::Data, EndpointExt, Route};
 use prost::Message;
 use serde_json::json;
-use test_support::run_python;
+use test_support::{run_python, serve_on_loopback};
 
 use crate::helpers::{wait_assigned, Pipeline};
 
@@ -85,19 +79,11 @@ fn hex(bytes: &[u8]) -> String {
 /// An OTLP/HTTP receiver on loopback: its base URL and what it received.
 async fn start_receiver() -> (String, Received) {
     let received = Received::default();
-    let acceptor = poem::listener::TcpListener::bind("127.0.0.1:0")
-        .into_acceptor()
-        .await
-        .expect("bind the receiver");
-    let address = acceptor.local_addr()[0]
-        .as_socket_addr()
-        .copied()
-        .expect("a TCP address");
     let app = Route::new()
         .at("/v1/traces", post(receive))
         .data(Arc::clone(&received));
-    tokio::spawn(poem::Server::new_with_acceptor(acceptor).run(app));
-    (format!("http://{address}"), received)
+    let (url, _task) = serve_on_loopback(app).await;
+    (url, received)
 }
 
 /// Waits until `received` holds the spans `complete` accepts for trace `trace_id`.
