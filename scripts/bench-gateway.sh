@@ -23,9 +23,11 @@ scripts/infra.sh install >/dev/null
 cargo build --release -q -p gateway
 
 work="$(mktemp -d)"
-pids=()
 cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  # start_gateway runs in a command substitution, so its pids are kept in files.
+  for pid_file in "$work"/gateway-*.pid; do
+    [ -f "$pid_file" ] && kill "$(cat "$pid_file")" 2>/dev/null || true
+  done
   for server in kafka mongo secure-kafka secure-mongo; do scripts/infra.sh stop "$work/$server"; done
   rm -rf "$work"
 }
@@ -73,9 +75,10 @@ start_gateway() {
   local name="$1" port
   shift
   port="$(free_port)"
-  RUST_LOG=warn target/release/gateway --listen "127.0.0.1:$port" --kafka-topic bench-purchases "$@" \
+  # The log level a user gets (the default filter), not a quieter one.
+  env -u RUST_LOG target/release/gateway --listen "127.0.0.1:$port" --kafka-topic bench-purchases "$@" \
     >"$work/gateway-$name.log" 2>&1 &
-  pids+=($!)
+  echo $! >"$work/gateway-$name.pid"
   for _ in $(seq 1 150); do
     curl -fs "http://127.0.0.1:$port/readyz" >/dev/null && break
     sleep 0.2

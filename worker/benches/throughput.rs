@@ -127,6 +127,10 @@ struct Rates {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // The workers log as a user's do: the default filter and format, to stderr.
+    let defaults = WorkerConfig::try_parse_from(["worker"])?;
+    let _traces =
+        purchase::telemetry::init(&defaults.telemetry, "worker").map_err(anyhow::Error::msg)?;
     let records: usize = std::env::var("BENCH_RECORDS")
         .ok()
         .and_then(|v| v.parse().ok())
