@@ -24,9 +24,10 @@ use opentelemetry::{
     trace::{SpanKind, Status, TraceContextExt, Tracer},
     Context, KeyValue,
 };
-use purchase::{traces, PurchaseEvent};
+use purchase::{kafka::Backoff, traces, PurchaseEvent};
 use rskafka::{
     client::{
+        error::{Error as KafkaError, ProtocolError},
         partition::{Compression, OffsetAt, PartitionClient, UnknownTopicHandling},
         Client,
     },
@@ -122,7 +123,7 @@ impl PurchaseProducer {
         partitions: i32,
         args: ProduceArgs,
         metrics: Arc<Metrics>,
-    ) -> Result<Self, rskafka::client::error::Error> {
+    ) -> Result<Self, KafkaError> {
         let mut queues = Vec::with_capacity(partitions as usize);
         let mut tasks = JoinSet::new();
         let closing = CancellationToken::new();
@@ -284,19 +285,7 @@ async fn send_batches(
             batch.into_iter().map(|p| (p.record, p.acked)).unzip();
         metrics.produce_batch_records.observe(records.len() as f64);
         let started = Instant::now();
-        // rskafka retries a broken connection until its deadline, which counts only the
-        // pauses between attempts; the cap also ends a call stuck on a broker that accepted
-        // the connection and never answers. Its callers have all answered by then.
-        let result = tokio::time::timeout(
-            max_call,
-            client.produce(records, Compression::NoCompression),
-        )
-        .await
-        .unwrap_or_else(|_| {
-            Err(rskafka::client::error::Error::InvalidResponse(format!(
-                "no answer within {max_call:?}"
-            )))
-        });
+        let result = produce_within(&client, records, max_call).await;
         metrics
             .produce_duration
             .observe(started.elapsed().as_secs_f64());
@@ -317,6 +306,52 @@ async fn send_batches(
             }
         }
     }
+}
+
+/// Produces `records`, retrying what the broker says it did not write, for at most
+/// `max_call`. rskafka retries a leader move and a broken connection itself until its
+/// deadline, which counts only the pauses between attempts; the cap also ends a call stuck on
+/// a broker that accepted the connection and never answers (its callers have all answered
+/// by then).
+async fn produce_within(
+    client: &PartitionClient,
+    records: Vec<Record>,
+    max_call: Duration,
+) -> Result<Vec<i64>, KafkaError> {
+    let deadline = tokio::time::Instant::now() + max_call;
+    let mut backoff = Backoff::new(max_call);
+    loop {
+        let attempt = tokio::time::timeout_at(
+            deadline,
+            client.produce(records.clone(), Compression::NoCompression),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(KafkaError::InvalidResponse(format!(
+                "no answer within {max_call:?}"
+            )))
+        });
+        match attempt {
+            Err(e) if not_written(&e) && backoff.wait().await => {
+                tracing::debug!(topic = client.topic(), partition = client.partition(), error = %e, "produce refused, nothing written; retrying");
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+/// Errors with which the broker says it appended nothing, so sending the same records again
+/// cannot store them twice. (rskafka retries `NOT_LEADER_OR_FOLLOWER` and
+/// `LEADER_NOT_AVAILABLE` itself; `NOT_ENOUGH_REPLICAS_AFTER_APPEND` and a timeout leave the
+/// outcome open and are never retried.)
+fn not_written(error: &KafkaError) -> bool {
+    matches!(
+        error,
+        KafkaError::ServerError {
+            protocol_error: ProtocolError::NotEnoughReplicas,
+            ..
+        }
+    )
 }
 
 /// Probes the partition's leader until it answers (true), or the gateway is closing with the

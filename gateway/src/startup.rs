@@ -48,7 +48,8 @@ impl Application {
                     kafka_security::describe(&kafka_security)
                 )
             })?;
-        let partitions = kafka::ensure_topic(&kafka, &config.kafka)
+        let topics = kafka::topic_admin(&config.kafka, &kafka_security);
+        let partitions = kafka::ensure_topic(&topics, &config.kafka)
             .await
             .with_context(|| {
                 format!(
@@ -99,7 +100,8 @@ impl Application {
             history: History::new(&db),
             reservations,
             auth,
-            kafka,
+            topics,
+            topic: config.kafka.events.topic.clone(),
             db,
             metrics,
             retry_after_seconds: config.produce.retry_after_seconds,

@@ -4,7 +4,7 @@
 use std::{sync::Arc, time::Duration};
 
 use mongodb::Database;
-use rskafka::client::Client;
+use purchase::kafka::TopicAdmin;
 
 use crate::{
     auth::Authenticator, history::History, idempotency::Reservations, metrics::Metrics,
@@ -16,7 +16,10 @@ pub struct AppState {
     pub history: History,
     pub reservations: Reservations,
     pub auth: Arc<Authenticator>,
-    pub kafka: Client,
+    /// Readiness asks it whether the topic is there (not the producer's client: see
+    /// `purchase::kafka::topic_admin`).
+    pub topics: TopicAdmin,
+    pub topic: String,
     pub db: Database,
     pub metrics: Arc<Metrics>,
     pub retry_after_seconds: u32,

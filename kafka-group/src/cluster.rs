@@ -29,8 +29,15 @@ pub struct Cluster {
 /// Partition counts and leaders of the topics asked for.
 #[derive(Debug, Clone, Default)]
 pub struct Metadata {
-    /// topic → (partition → leader address)
+    /// topic → (partition → leader address), for the partitions that have a leader now.
     pub topics: HashMap<String, HashMap<i32, String>>,
+    /// topic → how many partitions it has, led or not. While a broker fails over, its
+    /// partitions are briefly without a leader (-1); they still exist and are still assigned.
+    pub partition_counts: HashMap<String, usize>,
+    /// The controller's address, when the answer names a broker it lists. KRaft clusters
+    /// name any live broker (each forwards admin requests to the controller, KIP-590), and
+    /// some servers name none (-1 or an id that is not among the brokers).
+    pub controller: Option<String>,
 }
 
 impl Cluster {
@@ -153,7 +160,10 @@ impl Cluster {
             .iter()
             .map(|b| (b.node_id, format!("{}:{}", b.host.as_str(), b.port)))
             .collect();
-        let mut metadata = Metadata::default();
+        let mut metadata = Metadata {
+            controller: brokers.get(&response.controller_id).cloned(),
+            ..Metadata::default()
+        };
         for topic in &response.topics {
             let Some(name) = &topic.name else { continue };
             if crate::error::protocol_error(topic.error_code).is_some() {
@@ -169,6 +179,9 @@ impl Cluster {
                         .map(|a| (p.partition_index, a.clone()))
                 })
                 .collect();
+            metadata
+                .partition_counts
+                .insert(name.0.to_string(), topic.partitions.len());
             metadata.topics.insert(name.0.to_string(), partitions);
         }
         Ok(metadata)

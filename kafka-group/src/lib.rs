@@ -60,6 +60,7 @@ mod fetch;
 mod member;
 mod offsets;
 mod security;
+mod topics;
 mod types;
 
 pub use assignor::{Assignor, MemberSubscription};
@@ -73,4 +74,5 @@ pub use offsets::{keda_desired_replicas, GroupAdmin, OffsetReset, PartitionLag};
 pub use security::{SaslCredentials, SaslMechanism, Security};
 /// The TLS library [`Security::tls`] is configured with (the one rskafka uses too).
 pub use tokio_rustls::rustls;
+pub use topics::TopicAdmin;
 pub use types::TopicPartition;

@@ -46,9 +46,6 @@ use crate::{
     TopicPartition,
 };
 
-/// How long a follower waits after its JoinGroup answer before it sends SyncGroup.
-const FOLLOWER_SYNC_DELAY: Duration = Duration::from_millis(50);
-
 /// Settings of one group member.
 #[derive(Debug, Clone)]
 pub struct GroupConfig {
@@ -231,7 +228,6 @@ impl GroupMember {
             partition_counts: BTreeMap::new(),
             last_contact: Instant::now(),
             last_leader: String::new(),
-            members: 0,
         };
         let task = tokio::spawn(task.run(command_receiver));
         Ok((
@@ -375,8 +371,6 @@ struct MemberTask {
     last_contact: Instant,
     /// The member id of that generation's leader, for the logs.
     last_leader: String,
-    /// How many members that generation had (known to its leader only).
-    members: usize,
 }
 
 impl MemberTask {
@@ -408,7 +402,7 @@ impl MemberTask {
                         // synced. Again and again: the leader never completes the rebalance.
                         unassigned_rounds += 1;
                         if unassigned_rounds >= 3 {
-                            tracing::warn!(group = %self.config.group_id, leader = %self.last_leader, rounds = unassigned_rounds, since = ?waiting_since.elapsed(), "still no assignment: the group's leader has not completed the rebalance; rejoining (a leader that left mid-rebalance strands a nisshi 0.7 group until its session expires or the broker restarts)");
+                            tracing::warn!(group = %self.config.group_id, leader = %self.last_leader, rounds = unassigned_rounds, since = ?waiting_since.elapsed(), "still no assignment: the group's leader has not completed the rebalance; rejoining");
                         } else {
                             tracing::debug!(group = %self.config.group_id, error = %e, retry_in = ?delay, "the group is rebalancing again, rejoining");
                         }
@@ -639,9 +633,8 @@ impl MemberTask {
     async fn partitions_changed(&mut self) -> bool {
         let counts = match self.admin.cluster.metadata(&self.config.topics).await {
             Ok(metadata) => metadata
-                .topics
-                .iter()
-                .map(|(topic, partitions)| (topic.clone(), partitions.len()))
+                .partition_counts
+                .into_iter()
                 .collect::<BTreeMap<_, _>>(),
             Err(e) => {
                 tracing::debug!(group = %self.config.group_id, error = %e, "cannot check the topics' partitions");
@@ -723,34 +716,17 @@ impl MemberTask {
         }
     }
 
+    /// Leaves the group so the coordinator rebalances at once instead of after the session
+    /// timeout: every member leaves, the leader too (on Kafka the coordinator elects a new
+    /// leader among the members that rejoin).
     async fn finish(mut self, command: Option<Command>) {
-        let result = if self.safe_to_leave() {
-            self.leave_group().await
-        } else {
-            tracing::info!(group = %self.config.group_id, session_timeout = ?self.config.session_timeout, "stopping without LeaveGroup (this member leads the group or is mid-rebalance, and a leader leaving mid-rebalance can strand a group): the coordinator drops it after the session timeout");
-            Ok(())
-        };
+        let result = self.leave_group().await;
         if let Err(e) = &result {
             tracing::warn!(group = %self.config.group_id, error = %e, "leave failed; the coordinator drops the member after the session timeout");
         }
         if let Some(Command::Leave(reply)) = command {
             let _ = reply.send(result);
         }
-    }
-
-    /// Whether a LeaveGroup cannot strand the group. On nisshi 0.7 a leader that leaves
-    /// while the group re-forms strands it for good: that leave does not clear the group's
-    /// leader, so every member that joins afterwards waits for an assignment that never comes
-    /// (the scale-down stall, reproduced in `worker/tests/pipeline/scale.rs`). A leader with
-    /// other members cannot know that none of them is leaving at the same moment, so it does
-    /// not send LeaveGroup, and neither does a member in the middle of a rebalance (it may
-    /// have just become the leader). They let the session expire instead, which does clear
-    /// the leader: the group waits one session timeout, never forever. A leader alone in its
-    /// generation leaves, so the next worker of a group with history starts at once.
-    fn safe_to_leave(&self) -> bool {
-        // Stable means joined: the leadership of the generation is known.
-        let state = self.state.lock().expect("membership lock");
-        state.stable && (!state.leader || self.members == 1)
     }
 
     async fn coordinator(&mut self) -> Result<&Connection> {
@@ -873,7 +849,6 @@ impl MemberTask {
         let leader = joined.leader.as_str() == member_id;
         self.last_leader = joined.leader.to_string();
         self.state.lock().expect("membership lock").leader = leader;
-        self.members = joined.members.len();
         // A static leader that rejoined a stable group gets `skip_assignment`: the group
         // keeps its assignment, the leader only syncs.
         let assignments = if leader && !joined.skip_assignment {
@@ -881,14 +856,6 @@ impl MemberTask {
         } else {
             Vec::new()
         };
-        if !leader {
-            // Let the leader's SyncGroup, sent as soon as it has computed the assignment,
-            // arrive first. Kafka holds a follower's SyncGroup until then at no cost, but
-            // nisshi 0.7 looks for the assignment once a second: a follower that came first
-            // started a full second after the leader (measured: 1.0 s of a 1.4 s backlog
-            // drain).
-            tokio::time::sleep(FOLLOWER_SYNC_DELAY).await;
-        }
         tracing::debug!(group = %self.config.group_id, generation = joined.generation_id, leader, %protocol, "joined; SyncGroup sent");
 
         let request = SyncGroupRequest::default()
@@ -902,7 +869,7 @@ impl MemberTask {
         let connection = self.coordinator().await?;
         let version = connection.version::<SyncGroupRequest>(1..=5)?;
         let response = connection
-            .send_with_version(&request, version, join_timeout)
+            .send_sync_group(&request, version, join_timeout)
             .await?;
         check("SyncGroup", response.error_code)?;
         self.last_contact = Instant::now();
@@ -939,9 +906,9 @@ impl MemberTask {
         topics.dedup();
         let metadata = self.admin.cluster.metadata(&topics).await?;
         let counts: BTreeMap<String, i32> = metadata
-            .topics
+            .partition_counts
             .iter()
-            .map(|(t, ps)| (t.clone(), ps.len() as i32))
+            .map(|(t, n)| (t.clone(), *n as i32))
             .collect();
         self.partition_counts = counts
             .iter()

@@ -3,14 +3,12 @@
 use std::time::Duration;
 
 use rskafka::{
-    client::{
-        error::{Error as KafkaError, ProtocolError},
-        Client, ClientBuilder,
-    },
+    client::{error::Error as KafkaError, Client, ClientBuilder},
     BackoffConfig,
 };
 
 use kafka_group::Security;
+pub use kafka_group::{Backoff, TopicAdmin};
 
 use crate::{config::KafkaArgs, kafka_security};
 
@@ -66,48 +64,28 @@ pub async fn connect(args: &KafkaArgs, security: &Security) -> Result<Client, Co
         })
 }
 
+/// The topic admin of `args`' brokers: lookups and creation on kafka-group's connections,
+/// never on the producer's rskafka client, whose leader cache a full metadata lookup would
+/// refill with an answer that goes stale at the next leader move.
+pub fn topic_admin(args: &KafkaArgs, security: &Security) -> TopicAdmin {
+    TopicAdmin::new(
+        args.events.brokers.clone(),
+        args.client_id.clone(),
+        args.retry_deadline,
+        security.clone(),
+    )
+}
+
 /// Creates the topic when missing and returns its real partition count (which wins over
 /// the configured one when the topic already existed).
-pub async fn ensure_topic(client: &Client, args: &KafkaArgs) -> Result<i32, KafkaError> {
-    if let Some(partitions) = partition_count(client, &args.events.topic).await? {
-        return Ok(partitions);
-    }
-    let timeout_ms = i32::try_from(args.retry_deadline.as_millis()).unwrap_or(i32::MAX);
-    match client
-        .controller_client()?
-        .create_topic(
+pub async fn ensure_topic(admin: &TopicAdmin, args: &KafkaArgs) -> Result<i32, kafka_group::Error> {
+    let partitions = admin
+        .ensure(
             &args.events.topic,
             args.topic_partitions,
             args.replication_factor,
-            timeout_ms,
+            args.retry_deadline,
         )
-        .await
-    {
-        Ok(()) => {
-            tracing::info!(topic = %args.events.topic, partitions = args.topic_partitions, "created topic")
-        }
-        // Another process created it between our look and our create.
-        Err(KafkaError::ServerError {
-            protocol_error: ProtocolError::TopicAlreadyExists,
-            ..
-        }) => {}
-        Err(e) => return Err(e),
-    }
-    partition_count(client, &args.events.topic)
-        .await?
-        .ok_or_else(|| {
-            KafkaError::InvalidResponse(format!(
-                "topic {} has no partitions after creation",
-                args.events.topic
-            ))
-        })
-}
-
-async fn partition_count(client: &Client, topic: &str) -> Result<Option<i32>, KafkaError> {
-    let topics = client.list_topics().await?;
-    Ok(topics
-        .iter()
-        .find(|t| t.name == topic)
-        .map(|t| t.partitions.len() as i32)
-        .filter(|n| *n > 0))
+        .await?;
+    Ok(i32::try_from(partitions).unwrap_or(i32::MAX))
 }

@@ -6,9 +6,13 @@ use std::{
     process::Command,
 };
 
+pub mod kafka;
+pub mod mock_cluster;
 pub mod secured;
 pub mod tokens;
 
+pub use kafka::{Broker, TestKafka};
+pub use mock_cluster::MockCluster;
 pub use secured::SecuredServers;
 
 /// Serves `app` on a free loopback port in the background: its base URL (`http://host:port`)
@@ -197,10 +201,10 @@ pub fn run_python_with_env(script: &str, args: &[&str], env: &[(&str, &str)]) ->
         .unwrap_or_else(|e| panic!("{script} printed no JSON: {e}"))
 }
 
-/// One broker and one database shared by the tests of a test binary; each test isolates
-/// itself with its own topic, group and database names. The watchdog stops both when the
-/// test process exits.
-pub fn shared_servers() -> &'static (InfraServer, InfraServer) {
-    static SERVERS: std::sync::OnceLock<(InfraServer, InfraServer)> = std::sync::OnceLock::new();
-    SERVERS.get_or_init(|| (InfraServer::start("kafka"), InfraServer::start("mongo")))
+/// One Kafka (the one `TEST_KAFKA` names) and one database shared by the tests of a test
+/// binary; each test isolates itself with its own topic, group and database names. The
+/// watchdogs stop both when the test process exits.
+pub fn shared_servers() -> &'static (TestKafka, InfraServer) {
+    static SERVERS: std::sync::OnceLock<(TestKafka, InfraServer)> = std::sync::OnceLock::new();
+    SERVERS.get_or_init(|| (TestKafka::start(), InfraServer::start("mongo")))
 }

@@ -18,6 +18,7 @@ pub struct Metrics {
     pub write_duration: Histogram,
     pub partition_lag: IntGaugeVec,
     pub assigned_partitions: IntGauge,
+    pub group_leader: IntGauge,
     pub rebalances: IntCounter,
 }
 
@@ -43,6 +44,7 @@ impl Metrics {
                 &["partition"],
             ),
             assigned_partitions: metrics::gauge(&r, "worker_assigned_partitions", "Partitions this worker owns"),
+            group_leader: metrics::gauge(&r, "worker_group_leader", "1 while this worker leads its consumer group's generation (it computed the assignment)"),
             rebalances: metrics::counter(&r, "worker_rebalances_total", "Assignments received from the group"),
             registry: r,
         }

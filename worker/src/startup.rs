@@ -48,7 +48,8 @@ impl Worker {
                     kafka_security::describe(&security)
                 )
             })?;
-        kafka::ensure_topic(&kafka, &config.kafka)
+        let topics = kafka::topic_admin(&config.kafka, &security);
+        kafka::ensure_topic(&topics, &config.kafka)
             .await
             .with_context(|| {
                 format!(
@@ -56,7 +57,7 @@ impl Worker {
                     config.kafka.events.topic
                 )
             })?;
-        let dead_letters = dead_letters(&kafka, &config.kafka, &config.dlq_topic).await?;
+        let dead_letters = dead_letters(&kafka, &topics, &config.kafka, &config.dlq_topic).await?;
 
         let db = mongo::open(&config.mongo, "worker")
             .await
@@ -202,6 +203,7 @@ fn partition_numbers(partitions: &[kafka_group::TopicPartition]) -> Vec<i32> {
 
 async fn dead_letters(
     kafka: &Client,
+    topics: &kafka::TopicAdmin,
     args: &KafkaArgs,
     dlq_topic: &str,
 ) -> anyhow::Result<DeadLetters> {
@@ -213,7 +215,7 @@ async fn dead_letters(
         topic_partitions: 1,
         ..args.clone()
     };
-    let partitions = kafka::ensure_topic(kafka, &dlq_args)
+    let partitions = kafka::ensure_topic(topics, &dlq_args)
         .await
         .with_context(|| format!("cannot create or describe dead-letter topic {dlq_topic}"))?;
     let mut clients = Vec::new();

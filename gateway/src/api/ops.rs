@@ -63,13 +63,17 @@ impl OpsApi {
         PlainText("Success")
     }
 
-    /// Readiness: 200 when Kafka and MongoDB both answer, else 503
+    /// Readiness: 200 when Kafka has the topic and MongoDB answers, else 503
     #[oai(path = "/readyz", method = "get", operation_id = "readyz")]
     async fn readyz(&self, state: Data<&Arc<AppState>>) -> ReadyResponse {
         let timeout = state.probe_timeout;
         let (kafka, mongodb) = tokio::join!(
             probe(timeout, async {
-                state.kafka.list_topics().await.map(|_| ())
+                match state.topics.partition_count(&state.topic).await {
+                    Ok(Some(_)) => Ok(()),
+                    Ok(None) => Err(format!("topic {} does not exist", state.topic)),
+                    Err(e) => Err(e.to_string()),
+                }
             }),
             probe(timeout, purchase::mongo::ping(&state.db)),
         );

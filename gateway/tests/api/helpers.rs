@@ -95,6 +95,10 @@ async fn spawn_gateway(kafka: &str, mongo: &str, extra: &[&str]) -> TestApp {
     let id = uuid::Uuid::new_v4().simple().to_string();
     let topic = format!("purchases-{id}");
     let database = format!("test_{id}");
+    let (shared, _) = shared_servers();
+    if shared.address == kafka {
+        shared.prepare_topic(&topic, 3);
+    }
     let mut args = gateway_args(kafka, mongo, &topic, &database);
     args.extend(extra.iter().map(|s| s.to_string()));
     let cli = Cli::try_parse_from(args).expect("valid test flags");

@@ -5,7 +5,7 @@ use std::{
 };
 
 use kafka_group::{GroupConfig, GroupEvent, GroupMember, TopicPartition};
-use test_support::InfraServer;
+use test_support::TestKafka;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 pub const PARTITIONS: i32 = 12;
@@ -13,9 +13,15 @@ pub const SESSION: Duration = Duration::from_secs(6);
 pub const REBALANCE: Duration = Duration::from_secs(10);
 pub const HEARTBEAT: Duration = Duration::from_millis(300);
 
-pub fn broker() -> &'static InfraServer {
-    static BROKER: OnceLock<InfraServer> = OnceLock::new();
-    BROKER.get_or_init(|| InfraServer::start("kafka"))
+/// The Kafka `TEST_KAFKA` names (nisshi or the mock cluster), shared by the binary's tests.
+pub fn broker() -> &'static TestKafka {
+    static BROKER: OnceLock<TestKafka> = OnceLock::new();
+    BROKER.get_or_init(TestKafka::start)
+}
+
+/// `host:port,host:port` as the list `GroupConfig` takes.
+pub fn brokers(bootstrap: &str) -> Vec<String> {
+    bootstrap.split(',').map(str::to_string).collect()
 }
 
 pub fn unique(prefix: &str) -> String {
@@ -28,24 +34,30 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-/// Creates a topic with `PARTITIONS` partitions and returns its name.
+/// Creates a topic with `PARTITIONS` partitions and returns its name: through the mock
+/// cluster's controls when `bootstrap` is the shared mock cluster (it has no CreateTopics),
+/// else with CreateTopics.
 pub async fn topic(bootstrap: &str) -> String {
     let name = unique("topic");
-    let client = rskafka::client::ClientBuilder::new(vec![bootstrap.to_string()])
-        .build()
-        .await
-        .expect("rskafka connects");
-    client
-        .controller_client()
-        .unwrap()
-        .create_topic(&name, PARTITIONS, 1, 5_000)
+    let shared = broker();
+    if shared.address == bootstrap && shared.mock().is_some() {
+        shared.prepare_topic(&name, PARTITIONS);
+    } else {
+        kafka_group::TopicAdmin::new(
+            brokers(bootstrap),
+            "kafka-group-test",
+            Duration::from_secs(5),
+            kafka_group::Security::default(),
+        )
+        .ensure(&name, PARTITIONS, 1, Duration::from_secs(5))
         .await
         .expect("topic created");
+    }
     name
 }
 
 pub fn config(bootstrap: &str, group: &str, topic: &str) -> GroupConfig {
-    let mut config = GroupConfig::new(vec![bootstrap.to_string()], group, vec![topic.to_string()]);
+    let mut config = GroupConfig::new(brokers(bootstrap), group, vec![topic.to_string()]);
     config.session_timeout = SESSION;
     config.rebalance_timeout = REBALANCE;
     config.heartbeat_interval = HEARTBEAT;

@@ -36,7 +36,7 @@ async fn database_killed_twice_under_steady_load_loses_no_acknowledged_purchase(
     let _alone = one_heavy_test_at_a_time().await;
     let (kafka, _) = shared_servers();
     let mongo = InfraServer::start("mongo");
-    let pipeline = Pipeline::start_on(&kafka.address, &mongo.address).await;
+    let pipeline = Pipeline::start_on_test_kafka(kafka, &mongo.address).await;
     let _workers = [pipeline.worker(), pipeline.worker()];
     let kills = [
         (

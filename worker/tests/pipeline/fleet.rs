@@ -72,7 +72,7 @@ async fn a_database_outage_pauses_the_worker_without_moving_offsets_or_losing_pu
     let _alone = one_heavy_test_at_a_time().await;
     let (kafka, _) = shared_servers();
     let mongo = InfraServer::start("mongo");
-    let pipeline = Pipeline::start_on(&kafka.address, &mongo.address).await;
+    let pipeline = Pipeline::start_on_test_kafka(kafka, &mongo.address).await;
     let worker = pipeline.worker();
     let mut accepted = pipeline.post_purchases(1_000, 16).await;
     pipeline

@@ -9,10 +9,21 @@ use gateway::{config::Cli, startup::Application};
 use mongodb::bson::{doc, Document};
 use serde_json::{json, Value};
 use test_support::run_python_with_env;
-pub use test_support::shared_servers;
+pub use test_support::{shared_servers, TestKafka};
 use tokio_util::sync::CancellationToken;
 
 pub const PARTITIONS: i32 = 6;
+
+pub fn dead_letter_topic(topic: &str) -> String {
+    format!("{topic}.dlq")
+}
+
+fn insecure() -> Secured {
+    Secured {
+        gateway_flags: vec!["--auth-disabled".into()],
+        ..Secured::default()
+    }
+}
 
 fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
@@ -57,25 +68,30 @@ pub struct Secured {
 }
 
 impl Pipeline {
+    /// On the shared servers: the Kafka `TEST_KAFKA` names (nisshi or the mock cluster).
     pub async fn start() -> Self {
         let (kafka, mongo) = shared_servers();
-        Self::start_on(&kafka.address, &mongo.address).await
+        Self::start_on_test_kafka(kafka, &mongo.address).await
     }
 
+    /// On `kafka`, whichever broker it is: the topics are prepared the way that broker needs.
+    pub async fn start_on_test_kafka(kafka: &TestKafka, mongo: &str) -> Self {
+        let topic = unique("purchases");
+        kafka.prepare_topic(&topic, PARTITIONS);
+        kafka.prepare_topic(&dead_letter_topic(&topic), 1);
+        Self::start_with_topic(&kafka.address, mongo, topic, insecure()).await
+    }
+
+    /// On a nisshi broker of the test's own (which takes CreateTopics).
     pub async fn start_on(kafka: &str, mongo: &str) -> Self {
-        Self::start_secured(
-            kafka,
-            mongo,
-            Secured {
-                gateway_flags: vec!["--auth-disabled".into()],
-                ..Secured::default()
-            },
-        )
-        .await
+        Self::start_secured(kafka, mongo, insecure()).await
     }
 
     pub async fn start_secured(kafka: &str, mongo: &str, secured: Secured) -> Self {
-        let topic = unique("purchases");
+        Self::start_with_topic(kafka, mongo, unique("purchases"), secured).await
+    }
+
+    async fn start_with_topic(kafka: &str, mongo: &str, topic: String, secured: Secured) -> Self {
         let database = unique("shop").replace('-', "_");
         let flags = secured.flags.iter().chain(&secured.gateway_flags).cloned();
         let cli = Cli::try_parse_from(
@@ -140,7 +156,7 @@ impl Pipeline {
         let file = std::fs::File::create(&log).expect("worker log file");
         let child = self
             .worker_command(port)
-            .env("RUST_LOG", "info,kafka_group=debug")
+            .env("RUST_LOG", "info,kafka_group=debug,worker=debug")
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
@@ -164,7 +180,7 @@ impl Pipeline {
             .env("KAFKA_SESSION_TIMEOUT", "6s")
             .env("KAFKA_REBALANCE_TIMEOUT", "10s")
             .env("KAFKA_HEARTBEAT_INTERVAL", "300ms")
-            .env("WORKER_DLQ_TOPIC", format!("{}.dlq", self.topic))
+            .env("WORKER_DLQ_TOPIC", dead_letter_topic(&self.topic))
             .env("MONGO_URI", &self.mongo)
             .env("MONGO_DATABASE", &self.database)
             .env("MONGO_TIMEOUT", "2s")

@@ -88,9 +88,15 @@ async fn scale_rounds(stop: Stop) {
         let scale_up = up.elapsed();
         tokio::time::sleep(Duration::from_secs(2)).await;
 
-        // Scale down: five at once; which one survives changes every round, so the leader is
-        // sometimes among the stopped.
-        let survivor = fleet.remove(round % FLEET);
+        // Scale down: five at once, the group's leader among them (a rolling update or a
+        // scale-down stops it as often as any other): the survivor is a follower, another
+        // one every round.
+        let followers = followers(&fleet).await;
+        assert!(
+            followers.len() == FLEET - 1,
+            "exactly one worker leads the group: followers {followers:?}"
+        );
+        let survivor = fleet.remove(followers[round % followers.len()]);
         let down = Instant::now();
         let mut stopped: Vec<WorkerProcess> = std::mem::take(&mut fleet);
         let mut exits = Vec::new();
@@ -152,9 +158,10 @@ async fn scale_rounds(stop: Stop) {
         );
         let longest_exit = exits.iter().max().copied().unwrap_or_default();
         eprintln!(
-            "[timing] {stop:?} round {round}: scale-up, all {FLEET} own partitions after {scale_up:.1?}; \
-             scale-down, the survivor owns all after {scale_down:.1?} (slowest SIGTERM exit {longest_exit:.1?}); \
+            "[timing] {stop:?} round {round} on {:?}: scale-up, all {FLEET} own partitions after {scale_up:.1?}; \
+             scale-down with the leader among the stopped, the survivor owns all after {scale_down:.1?} (slowest SIGTERM exit {longest_exit:.1?}); \
              longest insert gap around scale-up {:.1?}, around scale-down {:.1?}; {} purchases so far",
+            test_support::Broker::from_env(),
             gaps.longest_between(up, down),
             gaps.longest_between(down, settled),
             accepted.len(),
@@ -162,6 +169,17 @@ async fn scale_rounds(stop: Stop) {
         drop(stopped);
     }
     pipeline.stop();
+}
+
+/// The indexes of the workers that do not lead the group (`worker_group_leader` 0).
+async fn followers(fleet: &[WorkerProcess]) -> Vec<usize> {
+    let mut followers = Vec::new();
+    for (index, worker) in fleet.iter().enumerate() {
+        if worker.metric("worker_group_leader").await == Some(0.0) {
+            followers.push(index);
+        }
+    }
+    followers
 }
 
 /// Waits until `count` purchases are stored; on timeout, fails with the workers' logs.

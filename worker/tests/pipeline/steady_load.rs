@@ -45,6 +45,8 @@ pub struct Intent {
     pub due: Duration,
     pub client: Client,
     pub answers: Vec<Answer>,
+    /// When each answer came, from the start of the load.
+    pub answered_at: Vec<Duration>,
 }
 
 impl Intent {
@@ -81,13 +83,14 @@ pub async fn run(
             due: at - started,
             client: client_of(n),
             answers: Vec::new(),
+            answered_at: Vec::new(),
         };
         tasks.push(tokio::spawn(send_intent(
             http.clone(),
             Arc::clone(&url),
             intent,
             n,
-            give_up,
+            (started, give_up),
         )));
     }
     let mut intents = Vec::with_capacity(count);
@@ -102,7 +105,7 @@ async fn send_intent(
     url: Arc<String>,
     mut intent: Intent,
     n: usize,
-    give_up: Instant,
+    (started, give_up): (Instant, Instant),
 ) -> Intent {
     let body = json!({
         "username": "steady buyer",
@@ -134,6 +137,7 @@ async fn send_intent(
             || intent.client != Client::KeyedRetrying
             || Instant::now() > give_up;
         intent.answers.push(answer);
+        intent.answered_at.push(started.elapsed());
         if done {
             return intent;
         }
