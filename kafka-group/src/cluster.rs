@@ -122,7 +122,10 @@ impl Cluster {
         let request = FindCoordinatorRequest::default()
             .with_key(StrBytes::from_string(group_id.to_string()))
             .with_key_type(0);
-        let response = match connection.send(&request, version).await {
+        let response = match connection
+            .send_lenient(&request, version, connection.request_timeout())
+            .await
+        {
             Ok(r) => r,
             Err(e) => {
                 self.forget(connection.address()).await;

@@ -10,8 +10,8 @@ use std::{
 use bytes::{Buf, BytesMut};
 use kafka_protocol::{
     messages::{
-        ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader,
-        SyncGroupRequest, SyncGroupResponse,
+        ApiKey, ApiVersionsRequest, ApiVersionsResponse, FindCoordinatorResponse,
+        JoinGroupResponse, RequestHeader, ResponseHeader, SyncGroupResponse,
     },
     protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes},
 };
@@ -152,21 +152,26 @@ impl Connection {
         decode_response::<R>(body, version)
     }
 
-    /// Sends a SyncGroup request. Its response carries the assignment as non-nullable bytes,
-    /// yet brokers answer an error with a null there (librdkafka's mock cluster always does,
-    /// and the field's "empty" is a client's reading, not a broker's promise): a strict
-    /// decoder would hide the error code that says what to do. The error code comes first,
-    /// so it is read on its own when the strict decoding fails.
-    pub async fn send_sync_group(
+    /// Sends a request whose error answers some brokers fill with nulls where Kafka's
+    /// schema has none (librdkafka's mock cluster: a null assignment in SyncGroup, null
+    /// leader and member ids in JoinGroup, a null host in FindCoordinator). A strict decoder
+    /// would turn the error code that says what to do into an undecodable answer; the code
+    /// sits at a fixed place ahead of those fields, so it is read on its own when the strict
+    /// decoding fails.
+    pub async fn send_lenient<R>(
         &self,
-        request: &SyncGroupRequest,
+        request: &R,
         version: i16,
         timeout: Duration,
-    ) -> Result<SyncGroupResponse> {
+    ) -> Result<R::Response>
+    where
+        R: Request,
+        R::Response: ErrorAnswer,
+    {
         let body = self.exchange(request, version, timeout).await?;
-        match decode_response::<SyncGroupRequest>(body.clone(), version) {
+        match decode_response::<R>(body.clone(), version) {
             Ok(response) => Ok(response),
-            Err(strict) => sync_group_error_only(body, version).ok_or(strict),
+            Err(strict) => error_answer::<R::Response>(body, version).ok_or(strict),
         }
     }
 
@@ -264,27 +269,73 @@ fn decode_response<R: Request>(mut body: BytesMut, version: i16) -> Result<R::Re
     Ok(response)
 }
 
-/// A SyncGroup response whose assignment could not be decoded: its error code alone, when it
-/// is an error (the assignment of a failed sync means nothing), or a null assignment read as
-/// none. `None` when the body is not even that.
-fn sync_group_error_only(mut body: BytesMut, version: i16) -> Option<SyncGroupResponse> {
-    let throttle_time_ms = if version >= 1 {
+/// A response that can stand for an error answer by its error code alone.
+pub(crate) trait ErrorAnswer: Sized {
+    /// The first version whose response starts with `throttle_time_ms`, before the error.
+    const THROTTLE_SINCE: i16;
+
+    fn error_answer(throttle_time_ms: i32, error_code: i16) -> Self;
+
+    /// Whether what follows a success's error code is a null that means "none" (the
+    /// answer is then the empty response).
+    fn null_means_none(_version: i16, _rest: &[u8]) -> bool {
+        false
+    }
+}
+
+impl ErrorAnswer for SyncGroupResponse {
+    const THROTTLE_SINCE: i16 = 1;
+
+    fn error_answer(throttle_time_ms: i32, error_code: i16) -> Self {
+        Self::default()
+            .with_throttle_time_ms(throttle_time_ms)
+            .with_error_code(error_code)
+    }
+
+    /// Versions 0-3 end with the assignment's i32 length: -1 is a null.
+    fn null_means_none(version: i16, rest: &[u8]) -> bool {
+        version < 4 && rest == (-1i32).to_be_bytes()
+    }
+}
+
+impl ErrorAnswer for JoinGroupResponse {
+    const THROTTLE_SINCE: i16 = 2;
+
+    fn error_answer(throttle_time_ms: i32, error_code: i16) -> Self {
+        Self::default()
+            .with_throttle_time_ms(throttle_time_ms)
+            .with_error_code(error_code)
+    }
+}
+
+impl ErrorAnswer for FindCoordinatorResponse {
+    const THROTTLE_SINCE: i16 = 1;
+
+    fn error_answer(throttle_time_ms: i32, error_code: i16) -> Self {
+        Self::default()
+            .with_throttle_time_ms(throttle_time_ms)
+            .with_error_code(error_code)
+    }
+}
+
+/// The error answer in `body`, when it is one (or a success whose only content is a null
+/// meaning none); `None` when the body is not even that.
+fn error_answer<T: ErrorAnswer>(mut body: BytesMut, version: i16) -> Option<T> {
+    let throttle_time_ms = if version >= T::THROTTLE_SINCE {
         (body.remaining() >= 4).then(|| body.get_i32())?
     } else {
         0
     };
     let error_code = (body.remaining() >= 2).then(|| body.get_i16())?;
-    // Versions 0-3 end with the assignment's i32 length: -1 is a null.
-    let null_assignment = version < 4 && body.chunk() == (-1i32).to_be_bytes();
-    if error_code == 0 && !null_assignment {
+    if error_code == 0 && !T::null_means_none(version, body.chunk()) {
         return None;
     }
-    tracing::debug!(version, error_code, "SyncGroup answered a null assignment");
-    Some(
-        SyncGroupResponse::default()
-            .with_throttle_time_ms(throttle_time_ms)
-            .with_error_code(error_code),
-    )
+    tracing::debug!(
+        version,
+        error_code,
+        "an answer with nulls read by its error code"
+    );
+    Some(T::error_answer(throttle_time_ms, error_code))
 }
 
 pub(crate) fn api_name(key: i16) -> String {
@@ -323,6 +374,7 @@ fn refused_after_handshake(error: Error, address: &str, security: &Security) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kafka_protocol::messages::{JoinGroupRequest, SyncGroupRequest};
 
     fn body(bytes: &[u8]) -> BytesMut {
         BytesMut::from(bytes)
@@ -333,7 +385,7 @@ mod tests {
         // v3: throttle 0, REBALANCE_IN_PROGRESS (27), assignment length -1.
         let raw = body(&[0, 0, 0, 0, 0, 27, 0xff, 0xff, 0xff, 0xff]);
         assert!(decode_response::<SyncGroupRequest>(raw.clone(), 3).is_err());
-        let response = sync_group_error_only(raw, 3).expect("the error code is readable");
+        let response: SyncGroupResponse = error_answer(raw, 3).expect("the error code is readable");
         assert_eq!(response.error_code, 27);
         assert!(response.assignment.is_empty());
     }
@@ -341,15 +393,40 @@ mod tests {
     #[test]
     fn a_successful_sync_group_with_a_null_assignment_reads_as_no_partitions() {
         let raw = body(&[0, 0, 0, 5, 0, 0, 0xff, 0xff, 0xff, 0xff]);
-        let response = sync_group_error_only(raw, 3).expect("a null reads as none");
+        let response: SyncGroupResponse = error_answer(raw, 3).expect("a null reads as none");
         assert_eq!((response.error_code, response.throttle_time_ms), (0, 5));
         assert!(response.assignment.is_empty());
     }
 
     #[test]
     fn a_truncated_sync_group_response_stays_an_error() {
-        assert!(sync_group_error_only(body(&[0, 0, 0]), 3).is_none());
+        assert!(error_answer::<SyncGroupResponse>(body(&[0, 0, 0]), 3).is_none());
         // No error and garbage where the assignment belongs: not ours to guess.
-        assert!(sync_group_error_only(body(&[0, 0, 0, 0, 0, 0, 0x7f]), 3).is_none());
+        assert!(error_answer::<SyncGroupResponse>(body(&[0, 0, 0, 0, 0, 0, 0x7f]), 3).is_none());
+    }
+
+    #[test]
+    fn a_join_group_error_with_null_ids_keeps_its_error_code() {
+        // v5: throttle 0, COORDINATOR_LOAD_IN_PROGRESS (14), generation -1, then a null
+        // protocol name, leader and member id (i16 -1 each) and no members.
+        let raw = body(&[
+            0, 0, 0, 0, 0, 14, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0,
+            0,
+        ]);
+        assert!(decode_response::<JoinGroupRequest>(raw.clone(), 5).is_err());
+        let response: JoinGroupResponse = error_answer(raw, 5).expect("the error code");
+        assert_eq!(response.error_code, 14);
+    }
+
+    #[test]
+    fn a_find_coordinator_error_with_a_null_host_keeps_its_error_code() {
+        // v1: throttle 0, COORDINATOR_NOT_AVAILABLE (15), null message, node -1, null host,
+        // port -1.
+        let raw = body(&[
+            0, 0, 0, 0, 0, 15, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0xff,
+        ]);
+        let response: FindCoordinatorResponse = error_answer(raw, 1).expect("the error code");
+        assert_eq!(response.error_code, 15);
     }
 }

@@ -812,7 +812,7 @@ impl MemberTask {
             })?;
             let started = Instant::now();
             let response = connection
-                .send_with_version(&request, version, join_timeout)
+                .send_lenient(&request, version, join_timeout)
                 .await?;
             tracing::debug!(group = %self.config.group_id, waited = ?started.elapsed(), error = response.error_code, generation = response.generation_id, version, "JoinGroup answered");
             match protocol_error(response.error_code) {
@@ -869,7 +869,7 @@ impl MemberTask {
         let connection = self.coordinator().await?;
         let version = connection.version::<SyncGroupRequest>(1..=5)?;
         let response = connection
-            .send_sync_group(&request, version, join_timeout)
+            .send_lenient(&request, version, join_timeout)
             .await?;
         check("SyncGroup", response.error_code)?;
         self.last_contact = Instant::now();
