@@ -1,5 +1,5 @@
 # scalable-shop: `make up` runs the local stack, `make test` runs every check CI runs.
-.PHONY: up down status load deps helm test-deps test test-stress deploy-check lint bench bench-gateway bench-worker bench-pipeline openapi clean-local
+.PHONY: up down status load deps helm test-deps test test-mock test-stress deploy-check lint bench bench-gateway bench-worker bench-pipeline openapi clean-local
 
 VENV := .local/venv
 PYTHON := $(VENV)/bin/python
@@ -30,9 +30,30 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
-test: test-deps lint  ## lint, unit and integration tests against real servers, deployment checks
+# The suites that prove Kafka behaviour, run a second time on librdkafka's three-broker mock
+# cluster (TEST_KAFKA=mock; the first run is on nisshi, and cluster_events always runs on a mock
+# cluster of its own). Left out of the mock run, each for a reason (README, "Kafka brokers this
+# is tested on"): what needs a broker restarted with its data or secured (nisshi only:
+# broker_killed, members_recover_after_the_broker_restarts, security), cluster_events (already
+# ran), and three behaviours of Kafka's coordinator the mock does not have: commits accepted
+# while the group re-forms (under_an_eager_assignor, under_cooperative_sticky_a_joiner) and
+# static member ids (a_static_member_restarted).
+MOCK_SKIP_GROUP := --skip members_recover_after_the_broker_restarts --skip security:: \
+  --skip under_an_eager_assignor --skip under_cooperative_sticky_a_joiner --skip a_static_member_restarted
+MOCK_SKIP_PIPELINE := --skip cluster_events --skip security:: --skip broker_killed
+
+test: test-deps lint  ## lint, unit and integration tests against real servers (nisshi, then the 3-broker mock cluster), deployment checks
 	cargo test --workspace
+	TEST_KAFKA=mock cargo test -p kafka-group --test group -- $(MOCK_SKIP_GROUP)
+	TEST_KAFKA=mock cargo test -p gateway --test api -- create_purchase idempotency
+	TEST_KAFKA=mock cargo test -p worker --test pipeline -- $(MOCK_SKIP_PIPELINE)
 	deploy/check.sh
+
+test-mock: test-deps ## only the Kafka suites on the 3-broker mock cluster, and the cluster events
+	TEST_KAFKA=mock cargo test -p kafka-group --test group -- $(MOCK_SKIP_GROUP)
+	TEST_KAFKA=mock cargo test -p gateway --test api -- create_purchase idempotency
+	TEST_KAFKA=mock cargo test -p worker --test pipeline -- $(MOCK_SKIP_PIPELINE)
+	cargo test -p worker --test pipeline cluster_events -- --nocapture
 
 test-stress: test-deps ## the fleet through 10 rounds of 1 -> 6 -> 1 workers under load, SIGTERM and SIGKILL (~15 min)
 	SCALE_ROUNDS=$${SCALE_ROUNDS:-10} cargo test -p worker --test pipeline scale -- --nocapture

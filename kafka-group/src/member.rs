@@ -75,6 +75,13 @@ pub struct GroupConfig {
     pub assignors: Vec<Assignor>,
     /// TLS and SASL for every connection of the member.
     pub security: Security,
+    /// Whether the group's leader sends LeaveGroup when it stops, like every other member
+    /// (the default, right on Kafka: the coordinator elects a new leader among the members
+    /// that rejoin, at once). `false` only for a broker that strands a group whose leader
+    /// leaves while it re-forms (nisshi 0.7 keeps the departed member as leader, and every
+    /// later member waits for its assignment forever): a stopping leader with other members
+    /// then lets its session expire, so the group waits one session timeout, not forever.
+    pub leader_sends_leave_group: bool,
 }
 
 impl GroupConfig {
@@ -99,6 +106,7 @@ impl GroupConfig {
                 Assignor::Range,
             ],
             security: Security::default(),
+            leader_sends_leave_group: true,
         }
     }
 
@@ -228,6 +236,7 @@ impl GroupMember {
             partition_counts: BTreeMap::new(),
             last_contact: Instant::now(),
             last_leader: String::new(),
+            members: 0,
         };
         let task = tokio::spawn(task.run(command_receiver));
         Ok((
@@ -371,6 +380,8 @@ struct MemberTask {
     last_contact: Instant,
     /// The member id of that generation's leader, for the logs.
     last_leader: String,
+    /// How many members that generation had (known to its leader only).
+    members: usize,
 }
 
 impl MemberTask {
@@ -718,15 +729,32 @@ impl MemberTask {
 
     /// Leaves the group so the coordinator rebalances at once instead of after the session
     /// timeout: every member leaves, the leader too (on Kafka the coordinator elects a new
-    /// leader among the members that rejoin).
+    /// leader among the members that rejoin), unless `leader_sends_leave_group` is off.
     async fn finish(mut self, command: Option<Command>) {
-        let result = self.leave_group().await;
+        let result = if self.may_leave() {
+            self.leave_group().await
+        } else {
+            tracing::info!(group = %self.config.group_id, session_timeout = ?self.config.session_timeout, "stopping without LeaveGroup (this member may lead the group and leader_sends_leave_group is off): the coordinator drops it after the session timeout");
+            Ok(())
+        };
         if let Err(e) = &result {
             tracing::warn!(group = %self.config.group_id, error = %e, "leave failed; the coordinator drops the member after the session timeout");
         }
         if let Some(Command::Leave(reply)) = command {
             let _ = reply.send(result);
         }
+    }
+
+    /// With `leader_sends_leave_group` off: a member that may lead a group with other
+    /// members does not leave (one in the middle of a rebalance may have just become the
+    /// leader). A leader alone in its generation leaves, so the next worker of a group with
+    /// history starts at once.
+    fn may_leave(&self) -> bool {
+        if self.config.leader_sends_leave_group {
+            return true;
+        }
+        let state = self.state.lock().expect("membership lock");
+        state.stable && (!state.leader || self.members == 1)
     }
 
     async fn coordinator(&mut self) -> Result<&Connection> {
@@ -848,6 +876,7 @@ impl MemberTask {
         }
         let leader = joined.leader.as_str() == member_id;
         self.last_leader = joined.leader.to_string();
+        self.members = joined.members.len();
         self.state.lock().expect("membership lock").leader = leader;
         // A static leader that rejoined a stable group gets `skip_assignment`: the group
         // keeps its assignment, the leader only syncs.

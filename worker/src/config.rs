@@ -65,6 +65,14 @@ pub struct MembershipArgs {
     #[arg(id = "kafka-rebalance-timeout", long = "kafka-rebalance-timeout", env = "KAFKA_REBALANCE_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub rebalance_timeout: Duration,
 
+    /// Whether this worker sends LeaveGroup when it stops while it leads the group, like
+    /// every other member: on Kafka the group then rebalances at once. Turn it off only on a
+    /// broker that strands a group whose leader leaves while the group re-forms (nisshi 0.7:
+    /// README "Kafka brokers this is tested on"); a stopping leader then costs the group one
+    /// session timeout.
+    #[arg(id = "kafka-leader-leaves-group", long = "kafka-leader-leaves-group", env = "KAFKA_LEADER_LEAVES_GROUP", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_leaves_group: bool,
+
     #[arg(id = "kafka-heartbeat-interval", long = "kafka-heartbeat-interval", env = "KAFKA_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub heartbeat_interval: Duration,
 
@@ -115,6 +123,7 @@ impl WorkerConfig {
         group.metadata_refresh = self.membership.metadata_refresh;
         group.assignors = self.membership.assignors.clone();
         group.security = security.clone();
+        group.leader_sends_leave_group = self.membership.leader_leaves_group;
         group
     }
 }

@@ -139,7 +139,9 @@ async fn indexes_for_history_exist_after_start_up() {
             .unwrap_or_default()
             .into_iter()
             .collect();
-        if names.contains("userId_newest_first") || std::time::Instant::now() > deadline {
+        // Created one after the other: wait for both.
+        let both = names.contains("userId_newest_first") && names.contains("username_newest_first");
+        if both || std::time::Instant::now() > deadline {
             break names;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;

@@ -58,6 +58,11 @@ pub async fn topic(bootstrap: &str) -> String {
 
 pub fn config(bootstrap: &str, group: &str, topic: &str) -> GroupConfig {
     let mut config = GroupConfig::new(brokers(bootstrap), group, vec![topic.to_string()]);
+    // nisshi (every broker here but the shared mock cluster) strands a group whose leader
+    // leaves while it re-forms: there the leader lets its session expire.
+    let shared = broker();
+    config.leader_sends_leave_group =
+        shared.address == bootstrap && shared.broker() != test_support::Broker::Nisshi;
     config.session_timeout = SESSION;
     config.rebalance_timeout = REBALANCE;
     config.heartbeat_interval = HEARTBEAT;

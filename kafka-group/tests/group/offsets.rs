@@ -11,7 +11,7 @@ use crate::helpers::*;
 
 /// Writes `count` records to each partition.
 async fn fill(bootstrap: &str, topic: &str, count: usize) {
-    let client = rskafka::client::ClientBuilder::new(vec![bootstrap.to_string()])
+    let client = rskafka::client::ClientBuilder::new(crate::helpers::brokers(bootstrap))
         .build()
         .await
         .unwrap();
@@ -73,11 +73,7 @@ async fn committed_offsets_read_back_and_confluent_kafka_reads_the_same() {
     }
 
     // The lag helper agrees with what KEDA computes from those two numbers.
-    let admin = GroupAdmin::new(
-        vec![kafka.address.clone()],
-        "lag-check",
-        Duration::from_secs(5),
-    );
+    let admin = GroupAdmin::new(brokers(&kafka.address), "lag-check", Duration::from_secs(5));
     let lag = admin
         .lag(&group, &topic, OffsetReset::Earliest)
         .await
@@ -115,7 +111,7 @@ async fn a_commit_from_outside_the_active_generation_is_refused() {
     assert!(a.member.generation() > old_generation);
 
     // A stale member (same id, old generation) must not move the group's offsets.
-    let admin = GroupAdmin::new(vec![kafka.address.clone()], "stale", Duration::from_secs(5));
+    let admin = GroupAdmin::new(brokers(&kafka.address), "stale", Duration::from_secs(5));
     let result = admin
         .commit_without_membership(&group, &offsets(&topic, &[(0, 3)]))
         .await;

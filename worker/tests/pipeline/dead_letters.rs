@@ -28,7 +28,7 @@ async fn poison_records_go_to_the_dead_letter_topic_and_the_good_ones_behind_the
         good(last).replace("5.5", "-5.5"),
         good(last),
     ];
-    let client = rskafka::client::ClientBuilder::new(vec![pipeline.kafka.clone()])
+    let client = rskafka::client::ClientBuilder::new(pipeline.bootstrap())
         .build()
         .await
         .unwrap();

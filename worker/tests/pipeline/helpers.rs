@@ -9,7 +9,7 @@ use gateway::{config::Cli, startup::Application};
 use mongodb::bson::{doc, Document};
 use serde_json::{json, Value};
 use test_support::run_python_with_env;
-pub use test_support::{shared_servers, TestKafka};
+pub use test_support::{shared_servers, Broker, TestKafka};
 use tokio_util::sync::CancellationToken;
 
 pub const PARTITIONS: i32 = 6;
@@ -54,6 +54,8 @@ pub struct Pipeline {
     pub client: reqwest::Client,
     shutdown: CancellationToken,
     secured: Secured,
+    /// Off on nisshi, which strands a group whose leader leaves while it re-forms.
+    leader_leaves_group: bool,
 }
 
 /// How a pipeline on secured servers is reached: flags both binaries take (Kafka SASL/TLS,
@@ -79,10 +81,13 @@ impl Pipeline {
         let topic = unique("purchases");
         kafka.prepare_topic(&topic, PARTITIONS);
         kafka.prepare_topic(&dead_letter_topic(&topic), 1);
-        Self::start_with_topic(&kafka.address, mongo, topic, insecure()).await
+        let mut pipeline = Self::start_with_topic(&kafka.address, mongo, topic, insecure()).await;
+        pipeline.leader_leaves_group = kafka.broker() != Broker::Nisshi;
+        pipeline
     }
 
-    /// On a nisshi broker of the test's own (which takes CreateTopics).
+    /// On a nisshi broker of the test's own (which takes CreateTopics); like every pipeline
+    /// on nisshi, its workers' leader lets its session expire instead of leaving.
     pub async fn start_on(kafka: &str, mongo: &str) -> Self {
         Self::start_secured(kafka, mongo, insecure()).await
     }
@@ -126,7 +131,13 @@ impl Pipeline {
             client: reqwest::Client::new(),
             shutdown,
             secured,
+            leader_leaves_group: false,
         }
+    }
+
+    /// The bootstrap brokers one per entry, for clients that take a list.
+    pub fn bootstrap(&self) -> Vec<String> {
+        self.kafka.split(',').map(str::to_string).collect()
     }
 
     /// Starts a worker process of this pipeline.
@@ -180,6 +191,10 @@ impl Pipeline {
             .env("KAFKA_SESSION_TIMEOUT", "6s")
             .env("KAFKA_REBALANCE_TIMEOUT", "10s")
             .env("KAFKA_HEARTBEAT_INTERVAL", "300ms")
+            .env(
+                "KAFKA_LEADER_LEAVES_GROUP",
+                self.leader_leaves_group.to_string(),
+            )
             .env("WORKER_DLQ_TOPIC", dead_letter_topic(&self.topic))
             .env("MONGO_URI", &self.mongo)
             .env("MONGO_DATABASE", &self.database)

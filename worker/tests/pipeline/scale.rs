@@ -151,11 +151,18 @@ async fn scale_rounds(stop: Stop) {
         );
         // An eager rebalance would pause every partition for at least a JoinGroup hold
         // (3 s on nisshi). The 1 s target's figures come from `make test-stress`'s output;
-        // a timed bound this tight would only measure how busy the machine is.
-        assert!(
-            around_up < Duration::from_secs(3) && around_down < Duration::from_secs(3),
-            "a partition that kept its owner paused its commits: {around_up:?} / {around_down:?}"
-        );
+        // a timed bound this tight would only measure how busy the machine is. Kafka takes
+        // a commit from the current generation while the group gathers its members again,
+        // and so does nisshi; librdkafka's mock cluster refuses every commit until the join
+        // phase ends (`REBALANCE_IN_PROGRESS` for the whole hold), so there the figure
+        // measures the mock and is printed, not bounded. The inserts, which do not wait for
+        // commits, are bounded on both.
+        if test_support::Broker::from_env() == test_support::Broker::Nisshi {
+            assert!(
+                around_up < Duration::from_secs(3) && around_down < Duration::from_secs(3),
+                "a partition that kept its owner paused its commits: {around_up:?} / {around_down:?}"
+            );
+        }
         let longest_exit = exits.iter().max().copied().unwrap_or_default();
         eprintln!(
             "[timing] {stop:?} round {round} on {:?}: scale-up, all {FLEET} own partitions after {scale_up:.1?}; \
@@ -331,7 +338,7 @@ struct CommitWatch {
 impl CommitWatch {
     fn start(pipeline: &Pipeline) -> Self {
         let admin = kafka_group::GroupAdmin::new(
-            vec![pipeline.kafka.clone()],
+            pipeline.bootstrap(),
             "scale-test",
             Duration::from_secs(5),
         );
