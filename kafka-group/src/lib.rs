@@ -17,6 +17,12 @@
 //! - Static membership (KIP-345) with [`GroupConfig::group_instance_id`].
 //! - [`GroupAdmin`] reads committed offsets, end offsets and lag without joining, counting
 //!   lag the way KEDA's Kafka scaler does ([`PartitionLag`], [`keda_desired_replicas`]).
+//! - [`TopicAdmin`] looks topics up and creates missing ones on any cluster shape (to the
+//!   controller the metadata names, else to any broker, which forwards it).
+//!
+//! Tested on nisshi (one broker) and on librdkafka's three-broker mock cluster, with leaders
+//! moving, brokers failing over and coordinators moving (the project README's "Kafka brokers
+//! this is tested on").
 //!
 //! # Example
 //!
