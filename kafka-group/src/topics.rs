@@ -10,7 +10,7 @@ use kafka_protocol::{
 
 use crate::{
     backoff::Backoff,
-    cluster::Cluster,
+    cluster::{Cluster, Metadata},
     error::{protocol_error, Error, Result},
     security::Security,
 };
@@ -42,11 +42,7 @@ impl TopicAdmin {
     /// The topic's partition count, `None` when it does not exist. Never creates it.
     pub async fn partition_count(&self, topic: &str) -> Result<Option<usize>> {
         let metadata = self.cluster.metadata(&[topic.to_string()]).await?;
-        Ok(metadata
-            .partition_counts
-            .get(topic)
-            .copied()
-            .filter(|n| *n > 0))
+        Ok(existing_partitions(&metadata, topic))
     }
 
     /// Creates the topic unless it exists, and returns its partition count (the existing
@@ -59,10 +55,11 @@ impl TopicAdmin {
         replication: i16,
         timeout: Duration,
     ) -> Result<usize> {
-        if let Some(existing) = self.partition_count(topic).await? {
+        // One lookup tells whether the topic exists and which broker is the controller.
+        let metadata = self.cluster.metadata(&[topic.to_string()]).await?;
+        if let Some(existing) = existing_partitions(&metadata, topic) {
             return Ok(existing);
         }
-        let metadata = self.cluster.metadata(&[topic.to_string()]).await?;
         let connection = match &metadata.controller {
             Some(controller) => self.cluster.broker(controller).await?,
             None => self.cluster.any().await?,
@@ -118,4 +115,13 @@ impl TopicAdmin {
             }
         }
     }
+}
+
+/// The partition count of `topic` in `metadata`, `None` when it does not exist.
+fn existing_partitions(metadata: &Metadata, topic: &str) -> Option<usize> {
+    metadata
+        .partition_counts
+        .get(topic)
+        .copied()
+        .filter(|n| *n > 0)
 }
