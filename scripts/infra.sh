@@ -8,7 +8,8 @@
 #        Restarting in the same DIR keeps the data and the port. With --owner-pid the
 #        server stops by itself when that process exits (tests cannot leak servers).
 #        --user: authentication on, with that user (kafka: SCRAM-SHA-256 and -512 via
-#        `nisshi user create`; mongo: --auth, a readWriteAnyDatabase user on admin).
+#        `nisshi user create`; mongo: --auth, a readWriteAnyDatabase and userAdminAnyDatabase user on admin,
+#        so tests can make users with fewer privileges).
 #        --tls: reached over TLS only, with CERTS/server.pem and server.key (from `certs`);
 #        mongo also verifies client certificates signed by CERTS/ca.pem when presented.
 #        --mutual-tls (kafka): clients must present a certificate signed by CERTS/ca.pem.
@@ -135,7 +136,8 @@ name, password = user.split(":", 1)
 options = {"tls": True, "tlsCAFile": f"{certs}/ca.pem"} if certs else {}
 client = MongoClient(f"mongodb://127.0.0.1:{port}/", serverSelectionTimeoutMS=10000, **options)
 client.admin.command("createUser", name, pwd=password,
-                     roles=[{"role": "readWriteAnyDatabase", "db": "admin"}],
+                     roles=[{"role": "readWriteAnyDatabase", "db": "admin"},
+                            {"role": "userAdminAnyDatabase", "db": "admin"}],
                      mechanisms=["SCRAM-SHA-256"])
 PY
 }

@@ -25,7 +25,10 @@ use poem_openapi::{
     registry::{MetaSchema, MetaSchemaRef},
     types::{ParseError, ParseFromParameter, ParseResult, Type},
 };
-use purchase::{mongo, NewPurchase, PurchaseDocument, PurchaseEvent};
+use purchase::{
+    mongo::{self, Failure},
+    NewPurchase, PurchaseDocument, PurchaseEvent,
+};
 use tokio::sync::{mpsc, oneshot};
 
 pub const IDEMPOTENCY_KEY_HEADER: &str = "Idempotency-Key";
@@ -34,7 +37,7 @@ pub const IDEMPOTENCY_KEY_HEADER: &str = "Idempotency-Key";
 /// bare or as a quoted structured-field string (`"abc"`, as the draft writes it).
 pub const IDEMPOTENCY_KEY_PATTERN: &str = r#"^([!#-\[\]-~]{1,255}|"[!#-\[\]-~]{1,255}")$"#;
 
-const COLLECTION: &str = "idempotency_keys";
+pub const COLLECTION: &str = "idempotency_keys";
 const MAX_KEY_CHARS: usize = 255;
 
 /// A client's idempotency key, as sent (quotes of the structured-field form removed).
@@ -246,7 +249,10 @@ async fn write_batch(
                 .map(|e| (e.index, e.code))
                 .collect(),
             // A write concern error or no answer: none of them is known to be durable.
-            _ => return batch.iter().map(|_| Err(error.to_string())).collect(),
+            _ => {
+                let cause = Failure::of(&error).to_string();
+                return batch.iter().map(|_| Err(cause.clone())).collect();
+            }
         },
     };
     let duplicates: Vec<&str> = batch
@@ -257,7 +263,10 @@ async fn write_batch(
         .collect();
     let existing = match stored_reservations(keys, &duplicates).await {
         Ok(existing) => existing,
-        Err(e) => return batch.iter().map(|_| Err(e.to_string())).collect(),
+        Err(e) => {
+            let cause = Failure::of(&e).to_string();
+            return batch.iter().map(|_| Err(cause.clone())).collect();
+        }
     };
     batch
         .iter()

@@ -59,8 +59,9 @@ pub enum ProduceError {
     #[error("the gateway is shutting down")]
     Closed,
     /// The record was handed to the Kafka client, and no acknowledgement came back: the
-    /// broker may have written it.
-    #[error("the broker did not confirm the purchase: {0}")]
+    /// broker may have written it. The detail (the Kafka client's error) is for the log,
+    /// never for the API answer.
+    #[error("the broker did not confirm the purchase")]
     Unconfirmed(String),
 }
 

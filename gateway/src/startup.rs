@@ -9,7 +9,10 @@ use poem::{
     listener::{Acceptor, Listener, TcpAcceptor, TcpListener},
     EndpointExt, Route,
 };
-use purchase::{kafka, kafka_security, mongo};
+use purchase::{
+    kafka, kafka_security,
+    mongo::{self, Need},
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -17,13 +20,21 @@ use crate::{
     auth::Authenticator,
     config::GatewayConfig,
     history::History,
-    idempotency::Reservations,
+    idempotency::{self, Reservations},
     metrics::{self, Metrics},
     payload::BodyLimit,
     producer::PurchaseProducer,
     server,
     state::AppState,
 };
+
+/// What the gateway does in MongoDB: read purchases (history), and find and insert
+/// idempotency keys.
+const MONGO_NEEDS: &[Need] = &[
+    Need::find(purchase::document::COLLECTION),
+    Need::find(idempotency::COLLECTION),
+    Need::insert(idempotency::COLLECTION),
+];
 
 pub struct Application {
     acceptor: TcpAcceptor,
@@ -72,7 +83,7 @@ impl Application {
             )
         })?;
 
-        let db = mongo::open(&config.mongo, "gateway")
+        let (db, mongo_access) = mongo::open(&config.mongo, "gateway", MONGO_NEEDS)
             .await
             .context("cannot use MongoDB")?;
         tokio::spawn(mongo::ensure_indexes_until_done(db.clone()));
@@ -103,6 +114,7 @@ impl Application {
             topics,
             topic: config.kafka.events.topic.clone(),
             db,
+            mongo_access,
             metrics,
             retry_after_seconds: config.produce.retry_after_seconds,
             probe_timeout: Duration::from_secs(2),

@@ -4,7 +4,7 @@
 use std::{sync::Arc, time::Duration};
 
 use mongodb::Database;
-use purchase::kafka::TopicAdmin;
+use purchase::{kafka::TopicAdmin, mongo::AccessCheck};
 
 use crate::{
     auth::Authenticator, history::History, idempotency::Reservations, metrics::Metrics,
@@ -21,6 +21,8 @@ pub struct AppState {
     pub topics: TopicAdmin,
     pub topic: String,
     pub db: Database,
+    /// Readiness runs it: the finds and inserts the gateway needs, not only a ping.
+    pub mongo_access: AccessCheck,
     pub metrics: Arc<Metrics>,
     pub retry_after_seconds: u32,
     /// Bound on each readiness probe of a dependency.

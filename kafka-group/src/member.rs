@@ -110,7 +110,8 @@ impl GroupConfig {
         }
     }
 
-    fn validate(&self) -> Result<()> {
+    /// The settings' mistakes, as [`Error::Config`]; [`GroupMember::start`] checks them too.
+    pub fn validate(&self) -> Result<()> {
         let problem = if self.bootstrap.is_empty() {
             Some("at least one bootstrap broker is needed")
         } else if self.group_id.is_empty() {

@@ -11,6 +11,7 @@ use rskafka::{
 
 use crate::record::PoisonRecord;
 
+#[derive(Clone)]
 pub struct DeadLetters {
     /// One client per partition of the dead-letter topic.
     partitions: Vec<Arc<PartitionClient>>,

@@ -131,7 +131,7 @@ impl Pacing {
 /// Where a partition without a committed offset starts, and where one whose offset fell out
 /// of the log starts again: ListOffsets through rskafka.
 pub struct StartOffsets {
-    kafka: Client,
+    kafka: Arc<Client>,
     topic: String,
     reset: OffsetReset,
     clients: Mutex<BTreeMap<i32, Arc<PartitionClient>>>,
@@ -193,7 +193,7 @@ pub struct Fetchers {
 
 impl Fetchers {
     pub fn new(
-        kafka: Client,
+        kafka: Arc<Client>,
         topic: String,
         member: Arc<GroupMember>,
         fetcher: RecordFetcher,

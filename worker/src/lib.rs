@@ -7,6 +7,8 @@ pub mod dlq;
 pub mod fetcher;
 pub mod metrics;
 pub mod ops;
+pub mod readiness;
 pub mod record;
+pub mod session;
 pub mod sink;
 pub mod startup;

@@ -3,7 +3,6 @@
 use std::{sync::Arc, time::Duration};
 
 use kafka_group::{GroupMember, OffsetReset};
-use mongodb::Database;
 use poem::{
     get, handler,
     http::StatusCode,
@@ -13,13 +12,12 @@ use poem::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
+use crate::{metrics::Metrics, readiness::Readiness};
 
 #[derive(Clone)]
 pub struct OpsState {
     pub metrics: Arc<Metrics>,
-    pub member: Arc<GroupMember>,
-    pub db: Database,
+    pub readiness: Arc<Readiness>,
 }
 
 pub async fn serve(acceptor: TcpAcceptor, state: OpsState, stop: CancellationToken) {
@@ -42,32 +40,17 @@ fn healthz() -> &'static str {
     "Success"
 }
 
-/// Readiness: joined the group and MongoDB answers.
+/// Readiness: a member of the group with an assignment, and MongoDB lets this worker insert
+/// purchases (see [`Readiness`]). The body says what is missing.
 #[handler]
 async fn readyz(state: Data<&OpsState>) -> Response {
-    let joined = state.member.is_stable();
-    let mongodb = match tokio::time::timeout(
-        Duration::from_secs(2),
-        purchase::mongo::ping(&state.db),
-    )
-    .await
-    {
-        Ok(Ok(())) => "ok".to_string(),
-        Ok(Err(e)) => e.to_string(),
-        Err(_) => "no answer within 2s".to_string(),
-    };
-    let ready = joined && mongodb == "ok";
-    let body = Json(serde_json::json!({
-        "group": if joined { "joined" } else { "joining" },
-        "mongodb": mongodb,
-        "partitions": state.member.assignment().len(),
-    }));
-    let status = if ready {
+    let report = state.readiness.report(Duration::from_secs(2)).await;
+    let status = if report.ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    body.with_status(status).into_response()
+    Json(report).with_status(status).into_response()
 }
 
 #[handler]

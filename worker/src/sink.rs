@@ -17,18 +17,22 @@ use std::{
 
 use kafka_group::{Backoff, GroupMember, TopicPartition};
 use mongodb::{bson::Document, error::ErrorKind, Collection};
-use purchase::mongo::{is_duplicate_key, DUPLICATE_KEY};
+use purchase::mongo::{is_duplicate_key, CauseLog, Failure, DUPLICATE_KEY};
 use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     dlq::DeadLetters,
     metrics::Metrics,
+    readiness::{Readiness, Writes},
     record::{Fetched, FetchedBatch, PoisonRecord, RecordSpan, SinkMessage},
 };
 
 /// Pause before a refused commit is tried again when no new batch carries it.
 const COMMIT_RETRY: Duration = Duration::from_millis(500);
+
+/// Failed writes are logged once per cause, and again at most this often while it lasts.
+static WRITE_FAILURES: CauseLog = CauseLog::new("batch write", Duration::from_secs(60));
 
 pub struct Sink {
     pub purchases: Collection<Document>,
@@ -39,8 +43,11 @@ pub struct Sink {
     /// Documents per write at most when more are queued (a single fetched batch larger
     /// than this is still written whole).
     pub max_documents: usize,
-    /// Cancelled when the grace period is over: give up retrying, commit nothing more.
+    /// Cancelled when the grace period is over, or when the worker gives its partitions
+    /// back: give up retrying, store and commit nothing more.
     pub abandon: CancellationToken,
+    /// Told whether writes are accepted or refused (a refusal gives the partitions back).
+    pub readiness: Arc<Readiness>,
 }
 
 #[derive(Default)]
@@ -127,7 +134,9 @@ impl Sink {
     /// Writes the batch, then commits its offsets (with any refused before).
     async fn flush(&self, pending: &mut Pending, commits: &mut Commits) {
         let batch = std::mem::take(pending);
-        if batch.offsets.is_empty() {
+        // Once a batch was abandoned, a later one must not be stored and committed: its
+        // offsets would commit past the abandoned records, which nobody would read again.
+        if batch.offsets.is_empty() || self.abandon.is_cancelled() {
             return;
         }
         if !self.store(batch.documents, batch.spans).await || !self.dead_letter(batch.poison).await
@@ -182,6 +191,8 @@ impl Sink {
             match classify(result, documents.len()) {
                 Ok((inserted, duplicates)) => {
                     tracing::debug!(documents = documents.len(), took = ?started.elapsed(), "batch stored");
+                    WRITE_FAILURES.recovered();
+                    self.readiness.wrote(Writes::Accepted);
                     self.metrics.batch_documents.observe(documents.len() as f64);
                     self.metrics.documents_inserted.inc_by(inserted as u64);
                     self.metrics.duplicates.inc_by(duplicates as u64);
@@ -195,7 +206,11 @@ impl Sink {
                 }
                 Err(e) => {
                     self.metrics.write_errors.inc();
-                    tracing::warn!(error = %e, documents = documents.len(), "batch write failed, fetching paused");
+                    let failure = Failure::of(&e);
+                    WRITE_FAILURES.failed(&failure);
+                    if let Failure::Refused { description, .. } = failure {
+                        self.readiness.wrote(Writes::Refused(description));
+                    }
                 }
             }
             if !self.pause(&mut backoff).await {

@@ -1,38 +1,44 @@
-//! Wires a worker together and runs it: group membership, the fetchers, the sink, the ops
-//! HTTP server, and the drain on shutdown.
+//! Builds a worker and runs it: checks Kafka and MongoDB, serves /healthz, /readyz and
+//! /metrics, and runs group sessions (`session`) until shutdown. A session that ends because
+//! MongoDB refuses the writes is followed, once MongoDB lets the worker write again, by a
+//! new one; meanwhile the worker holds no partitions and is not ready.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use kafka_group::Security;
-use kafka_group::{GroupEvent, GroupMember};
-use mongodb::Database;
+use kafka_group::Backoff;
 use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 use purchase::{
     config::{EventTopicArgs, KafkaArgs},
-    kafka, kafka_security, mongo,
+    document::COLLECTION,
+    kafka, kafka_security,
+    mongo::{self, CauseLog, Need},
 };
 use rskafka::client::{partition::UnknownTopicHandling, Client};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    config::WorkerConfig, dlq::DeadLetters, fetcher::Fetchers, metrics::Metrics, ops, sink::Sink,
+    config::WorkerConfig,
+    dlq::DeadLetters,
+    metrics::Metrics,
+    ops,
+    readiness::{Readiness, Writes},
+    session::{self, Ended, Shared},
 };
 
-/// Fetched batches waiting for the sink; when full, fetchers wait (backpressure).
-const SINK_QUEUE: usize = 64;
+/// What a worker does in MongoDB: insert purchases.
+const MONGO_NEEDS: &[Need] = &[Need::insert(COLLECTION)];
+
+/// After a refusal of the writes, the least time out of the group: growing while sessions
+/// are refused before they store anything (a refusal the access check cannot see, such as a
+/// validation rule, must not make the group rebalance in a loop).
+const HOLD_OFF: (Duration, Duration) = (Duration::from_secs(5), Duration::from_secs(60));
+/// How often the access check runs while the worker waits to rejoin.
+const ACCESS_POLL: Duration = Duration::from_secs(2);
 
 pub struct Worker {
-    config: WorkerConfig,
-    kafka: Client,
-    db: Database,
-    member: Arc<GroupMember>,
-    events: mpsc::UnboundedReceiver<GroupEvent>,
-    dead_letters: DeadLetters,
-    metrics: Arc<Metrics>,
+    shared: Shared,
     acceptor: TcpAcceptor,
-    security: Security,
 }
 
 impl Worker {
@@ -40,6 +46,10 @@ impl Worker {
         let brokers = config.kafka.events.brokers.join(",");
         let security = kafka_security::resolve(&config.kafka.events.security)
             .context("invalid Kafka security settings")?;
+        let group = config.group_config(&security);
+        group
+            .validate()
+            .context("invalid consumer group settings")?;
         let kafka = kafka::connect(&config.kafka, &security)
             .await
             .with_context(|| {
@@ -59,13 +69,10 @@ impl Worker {
             })?;
         let dead_letters = dead_letters(&kafka, &topics, &config.kafka, &config.dlq_topic).await?;
 
-        let db = mongo::open(&config.mongo, "worker")
+        let (db, access) = mongo::open(&config.mongo, "worker", MONGO_NEEDS)
             .await
             .context("cannot use MongoDB")?;
         tokio::spawn(mongo::ensure_indexes_until_done(db.clone()));
-
-        let (member, events) = GroupMember::start(config.group_config(&security))
-            .context("invalid consumer group settings")?;
 
         let acceptor = TcpListener::bind(config.listen)
             .into_acceptor()
@@ -73,15 +80,17 @@ impl Worker {
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         tracing::info!(listen = %config.listen, group = %config.group.group_id, topic = %config.kafka.events.topic, "worker started");
         Ok(Self {
-            config,
-            kafka,
-            db,
-            member: Arc::new(member),
-            events,
-            dead_letters,
-            metrics: Arc::new(Metrics::new()),
+            shared: Shared {
+                config,
+                group,
+                kafka: Arc::new(kafka),
+                db,
+                dead_letters,
+                metrics: Arc::new(Metrics::new()),
+                readiness: Readiness::new(access),
+                security,
+            },
             acceptor,
-            security,
         })
     }
 
@@ -97,108 +106,69 @@ impl Worker {
     /// Consumes until `shutdown`, then within the grace period: stop fetching, write and
     /// commit what was read, leave the group.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Worker {
-            config,
-            kafka,
-            db,
-            member,
-            mut events,
-            dead_letters,
-            metrics,
-            acceptor,
-            security,
-        } = self;
-        let abandon = CancellationToken::new();
-        let (sink, inbox) = mpsc::channel(SINK_QUEUE);
-        let sink_task = tokio::spawn(
-            Sink {
-                purchases: mongo::purchases(&db),
-                dead_letters,
-                member: Arc::clone(&member),
-                topic: config.kafka.events.topic.clone(),
-                metrics: Arc::clone(&metrics),
-                max_documents: config.batch.max_documents.max(1),
-                abandon: abandon.clone(),
-            }
-            .run(inbox),
-        );
+        let Worker { shared, acceptor } = self;
         let ops_stop = CancellationToken::new();
         let ops_task = tokio::spawn(ops::serve(
             acceptor,
             ops::OpsState {
-                metrics: Arc::clone(&metrics),
-                member: Arc::clone(&member),
-                db: db.clone(),
+                metrics: Arc::clone(&shared.metrics),
+                readiness: Arc::clone(&shared.readiness),
             },
             ops_stop.clone(),
         ));
-        let lag_task = tokio::spawn(ops::track_lag(
-            Arc::clone(&member),
-            config.group.group_id.clone(),
-            config.kafka.events.topic.clone(),
-            config.group.offset_reset,
-            Arc::clone(&metrics),
-        ));
-        let mut fetchers = Fetchers::new(
-            kafka,
-            config.kafka.events.topic.clone(),
-            Arc::clone(&member),
-            config.record_fetcher(&security),
-            config.fetch_settings(),
-            sink,
-            Arc::clone(&metrics),
-        );
-
-        loop {
-            let event = tokio::select! {
-                () = shutdown.cancelled() => break,
-                event = events.recv() => event,
-            };
-            match event {
-                Some(GroupEvent::Assigned {
-                    generation,
-                    partitions,
-                    added,
-                }) => {
-                    metrics.rebalances.inc();
-                    tracing::info!(generation, partitions = ?partition_numbers(&partitions), added = ?partition_numbers(&added), "assigned");
-                    fetchers.start(&added, &shutdown).await;
+        let mut hold_off = Backoff::unbounded_between(HOLD_OFF.0, HOLD_OFF.1);
+        let result = loop {
+            match session::run(&shared, &shutdown).await {
+                Ok(Ended::WritesRefused { stored_any, .. }) => {
+                    if stored_any {
+                        hold_off.reset();
+                    }
+                    let wait = hold_off.next_delay();
+                    if !wait_until_writable(&shared.readiness, wait, &shutdown).await {
+                        break Ok(());
+                    }
                 }
-                Some(GroupEvent::Revoked(revocation)) => fetchers.release(revocation).await,
-                None => {
+                Ok(Ended::Shutdown) => break Ok(()),
+                Ok(Ended::MemberStopped) => {
                     tracing::error!("the group member stopped; shutting down");
-                    break;
+                    break Ok(());
                 }
-            }
-        }
-
-        tracing::info!("draining: stop fetching, flush, commit, leave the group");
-        let drain = async {
-            fetchers.drain().await;
-            if let Err(e) = member.leave().await {
-                tracing::warn!(error = %e, "leaving the group failed");
+                Err(e) => break Err(e),
             }
         };
-        if tokio::time::timeout(config.shutdown_grace, drain)
-            .await
-            .is_err()
-        {
-            tracing::warn!(grace = ?config.shutdown_grace, "drain did not finish within the grace period; uncommitted records will be redelivered");
-            abandon.cancel();
-        }
-        drop(fetchers);
-        let _ = sink_task.await;
-        lag_task.abort();
         ops_stop.cancel();
         let _ = ops_task.await;
-        mongo::disconnect(&db, config.mongo.timeout).await;
+        mongo::disconnect(&shared.db, shared.config.mongo.timeout).await;
         tracing::info!("worker stopped");
-        Ok(())
+        result
     }
 }
 
-fn partition_numbers(partitions: &[kafka_group::TopicPartition]) -> Vec<i32> {
-    partitions.iter().map(|tp| tp.partition).collect()
+/// Not a member, not ready: waits `hold_off`, then until the access check passes.
+/// `false`: shutdown came first.
+async fn wait_until_writable(
+    readiness: &Readiness,
+    hold_off: Duration,
+    shutdown: &CancellationToken,
+) -> bool {
+    static STILL_REFUSED: CauseLog =
+        CauseLog::new("MongoDB access check", Duration::from_secs(300));
+    let mut wait = hold_off;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return false,
+            () = tokio::time::sleep(wait) => {}
+        }
+        wait = ACCESS_POLL;
+        match readiness.access().run().await {
+            Ok(()) => {
+                tracing::info!("MongoDB lets this worker write again: rejoining the group");
+                readiness.wrote(Writes::Accepted);
+                return true;
+            }
+            Err(problem) => STILL_REFUSED.failed(&problem),
+        }
+    }
 }
 
 async fn dead_letters(

@@ -8,6 +8,7 @@ use poem_openapi::{
     payload::Json,
     OpenApi,
 };
+use purchase::mongo::{CauseLog, Failure};
 
 use super::{
     model::{Purchase, PurchasePage},
@@ -95,11 +96,16 @@ impl HistoryApi {
     }
 }
 
+/// History reads the database did not answer, logged once per cause.
+static READ_FAILURES: CauseLog = CauseLog::new("history read", std::time::Duration::from_secs(60));
+
 pub(super) fn mongo_unavailable(state: &AppState, error: mongodb::error::Error) -> ApiError {
-    tracing::warn!(error = %error, "history read failed");
-    ApiError::unavailable_read(
-        "mongodb",
-        "the purchase database did not answer",
-        state.retry_after_seconds,
-    )
+    let failure = Failure::of(&error);
+    READ_FAILURES.failed(&failure);
+    let message = if failure.is_refused() {
+        "the purchase database refused the read"
+    } else {
+        "the purchase database did not answer"
+    };
+    ApiError::unavailable_read("mongodb", message, state.retry_after_seconds)
 }

@@ -26,8 +26,13 @@ pub struct ApiInfo {
 pub struct Readiness {
     /// `ok`, or what went wrong with the broker.
     pub kafka: String,
-    /// `ok`, or what went wrong with the database.
+    /// `ok`, or what is wrong with the database and what to change.
     pub mongodb: String,
+    /// `ok`; `unreachable` (no answer: may heal by waiting); or `refused` (the database
+    /// answers and refuses what the gateway needs: credentials, privileges or TLS settings
+    /// must change).
+    #[oai(rename = "mongodbState")]
+    pub mongodb_state: String,
 }
 
 #[derive(ApiResponse)]
@@ -63,7 +68,8 @@ impl OpsApi {
         PlainText("Success")
     }
 
-    /// Readiness: 200 when Kafka has the topic and MongoDB answers, else 503
+    /// Readiness: 200 when Kafka has the topic and MongoDB lets the gateway read purchases and
+    /// record idempotency keys, else 503
     #[oai(path = "/readyz", method = "get", operation_id = "readyz")]
     async fn readyz(&self, state: Data<&Arc<AppState>>) -> ReadyResponse {
         let timeout = state.probe_timeout;
@@ -75,10 +81,19 @@ impl OpsApi {
                     Err(e) => Err(e.to_string()),
                 }
             }),
-            probe(timeout, purchase::mongo::ping(&state.db)),
+            tokio::time::timeout(timeout, state.mongo_access.run()),
         );
-        let ready = kafka == "ok" && mongodb == "ok";
-        let body = Json(Readiness { kafka, mongodb });
+        let (mongodb_state, mongodb) = match mongodb {
+            Ok(Ok(())) => ("ok", "ok".to_string()),
+            Ok(Err(problem)) => (problem.state(), problem.to_string()),
+            Err(_) => ("unreachable", format!("no answer within {timeout:?}")),
+        };
+        let ready = kafka == "ok" && mongodb_state == "ok";
+        let body = Json(Readiness {
+            kafka,
+            mongodb,
+            mongodb_state: mongodb_state.to_string(),
+        });
         if ready {
             ReadyResponse::Ready(body)
         } else {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use poem::web::Data;
 use poem_openapi::{payload::Json, ApiResponse, OpenApi};
-use purchase::{NewPurchase, PurchaseEvent};
+use purchase::{mongo::CauseLog, NewPurchase, PurchaseEvent};
 
 use poem_openapi::param::{Header, Query};
 
@@ -87,6 +87,12 @@ impl PurchasesApi {
     }
 }
 
+/// Idempotency keys the database did not record, logged once per cause.
+static RESERVATION_FAILURES: CauseLog = CauseLog::new(
+    "recording an Idempotency-Key",
+    std::time::Duration::from_secs(60),
+);
+
 /// The optional `Idempotency-Key` request header of every purchase route (each handler
 /// names it with `#[oai(name = "Idempotency-Key")]`).
 pub(super) type IdempotencyKeyHeader = Header<Option<IdempotencyKey>>;
@@ -110,12 +116,13 @@ pub(super) async fn accept(
                     event
                 }
                 Ok(Reservation::Conflict) => return Err(ApiError::idempotency_key_reused()),
-                // Nothing was produced, so nothing can be stored.
+                // Nothing was produced, so nothing can be stored. The cause goes to the
+                // log once; the client learns only what it can act on.
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot reserve idempotency key");
+                    RESERVATION_FAILURES.failed(&e);
                     return Err(ApiError::unavailable(
                         "mongodb",
-                        format!("cannot record the Idempotency-Key: {e}"),
+                        "the purchase database could not record the Idempotency-Key",
                         state.retry_after_seconds,
                     ));
                 }
@@ -137,7 +144,7 @@ pub(super) async fn accept(
         }
         Err(e) if e.outcome_unknown() => {
             state.metrics.purchases_unconfirmed.inc();
-            tracing::warn!(event_id = %event.event_id, error = %e, "purchase outcome unknown");
+            tracing::warn!(event_id = %event.event_id, error = ?e, "purchase outcome unknown");
             Err(ApiError::outcome_unknown(
                 event.event_id,
                 e,

@@ -75,6 +75,7 @@ async fn database_unreachable_makes_reads_503_and_readiness_fail_but_writes_stil
     let ready: serde_json::Value = ready.json().await.unwrap();
     assert_eq!(ready["kafka"], "ok");
     assert_ne!(ready["mongodb"], "ok");
+    assert_eq!(ready["mongodbState"], "unreachable", "{ready}");
     let purchase = json!({"username": "ann", "userId": "u1", "price": 5});
     assert_eq!(app.post_purchase(&purchase).await.status().as_u16(), 202);
     app.stop().await.unwrap();

@@ -13,7 +13,10 @@ async fn readiness_reports_both_dependencies() {
     let response = app.get("/readyz").await;
     assert_eq!(response.status().as_u16(), 200);
     let body: Value = response.json().await.unwrap();
-    assert_eq!(body, json!({"kafka": "ok", "mongodb": "ok"}));
+    assert_eq!(
+        body,
+        json!({"kafka": "ok", "mongodb": "ok", "mongodbState": "ok"})
+    );
 }
 
 #[tokio::test]

@@ -147,35 +147,38 @@ impl Pipeline {
 
     /// A worker with these environment variables added.
     pub fn worker_with_env(&self, env: &[(&str, &str)]) -> WorkerProcess {
+        self.spawn_worker(env, None)
+    }
+
+    /// Starts a worker whose log (with the group's state changes at debug level) goes to
+    /// `log`, for tests that print it when something stalls.
+    pub fn worker_logging_to(&self, log: std::path::PathBuf) -> WorkerProcess {
+        self.spawn_worker(&[], Some(log))
+    }
+
+    /// A worker with `env` added, logging to `log` when given.
+    pub fn spawn_worker(
+        &self,
+        env: &[(&str, &str)],
+        log: Option<std::path::PathBuf>,
+    ) -> WorkerProcess {
         let port = free_port();
-        let child = self
-            .worker_command(port)
+        let mut command = self.worker_command(port);
+        if let Some(log) = &log {
+            let file = std::fs::File::create(log).expect("worker log file");
+            command
+                .env("RUST_LOG", "info,kafka_group=debug,worker=debug")
+                .stdout(Stdio::null())
+                .stderr(file);
+        }
+        let child = command
             .envs(env.iter().copied())
             .spawn()
             .expect("start worker");
         WorkerProcess {
             child,
             metrics: format!("http://127.0.0.1:{port}/metrics"),
-            log: None,
-        }
-    }
-
-    /// Starts a worker whose log (with the group's state changes at debug level) goes to
-    /// `log`, for tests that print it when something stalls.
-    pub fn worker_logging_to(&self, log: std::path::PathBuf) -> WorkerProcess {
-        let port = free_port();
-        let file = std::fs::File::create(&log).expect("worker log file");
-        let child = self
-            .worker_command(port)
-            .env("RUST_LOG", "info,kafka_group=debug,worker=debug")
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("start worker");
-        WorkerProcess {
-            child,
-            metrics: format!("http://127.0.0.1:{port}/metrics"),
-            log: Some(log),
+            log,
         }
     }
 
@@ -393,6 +396,23 @@ impl WorkerProcess {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The status and body of its `/readyz` (`None` while it does not answer).
+    pub async fn readiness(&self) -> Option<(u16, Value)> {
+        let response = reqwest::get(self.metrics.replace("/metrics", "/readyz"))
+            .await
+            .ok()?;
+        let status = response.status().as_u16();
+        Some((status, response.json().await.ok()?))
+    }
+
+    /// Its whole log (when it has one).
+    pub fn log_text(&self) -> String {
+        self.log
+            .as_ref()
+            .and_then(|path| std::fs::read_to_string(path).ok())
+            .unwrap_or_default()
     }
 
     pub async fn metric(&self, name: &str) -> Option<f64> {

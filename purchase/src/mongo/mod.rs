@@ -1,4 +1,11 @@
-//! Connecting to MongoDB and preparing the purchases collection.
+//! Connecting to MongoDB, proving the process may use it, and preparing the purchases
+//! collection.
+
+mod access;
+mod failure;
+
+pub use access::{speaks_tls, AccessCheck, Endpoint, Need, Operation, Problem};
+pub use failure::{describe, CauseLog, Failure};
 
 use mongodb::{
     bson::{doc, Document},
@@ -22,8 +29,11 @@ pub enum ConnectError {
 
 /// Connects lazily (the driver dials on first use) with bounded server selection, so an
 /// unreachable database turns into an error after `timeout` instead of a hang. Credentials
-/// and TLS come from the connection string; see [`check_access`] for refusing bad ones.
-pub async fn connect(args: &MongoArgs, app_name: &str) -> Result<Database, ConnectError> {
+/// and TLS come from the connection string; see [`open`] for refusing bad ones.
+pub async fn connect(
+    args: &MongoArgs,
+    app_name: &str,
+) -> Result<(Database, Endpoint), ConnectError> {
     let uri = match &args.uri_file {
         Some(path) => std::fs::read_to_string(path)
             .map_err(|e| ConnectError::UriFile {
@@ -46,86 +56,39 @@ pub async fn connect(args: &MongoArgs, app_name: &str) -> Result<Database, Conne
     options.server_selection_timeout = Some(args.timeout);
     options.connect_timeout = Some(args.timeout);
     options.write_concern = Some(write_concern(&args.write_concern));
+    let endpoint = Endpoint::of(&options);
     let client = Client::with_options(options).map_err(ConnectError::Uri)?;
-    Ok(client.database(&args.database))
+    Ok((client.database(&args.database), endpoint))
 }
 
-/// What a first contact with the database showed.
-#[derive(Debug)]
-pub enum Access {
-    Granted,
-    /// Not reachable yet (down, starting, no primary): the process starts anyway and its
-    /// readiness says so, as a database restart must not stop the fleet.
-    Unreachable(mongodb::error::Error),
-}
-
-/// Refused credentials and untrusted certificates do not heal by waiting: they are
-/// start-up errors, named as such, instead of a readiness that never turns green.
-#[derive(Debug, thiserror::Error)]
-pub enum AccessError {
-    #[error("MongoDB refused the credentials: {0} (check the user, password and authSource of the connection string)")]
-    Credentials(mongodb::error::Error),
-    #[error("MongoDB's TLS certificate is not trusted or TLS failed: {0} (check tlsCAFile, the server's certificate and its name)")]
-    Tls(mongodb::error::Error),
-}
-
+/// Why the database cannot be used at all.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     #[error(transparent)]
     Connect(#[from] ConnectError),
     #[error(transparent)]
-    Access(#[from] AccessError),
+    Access(Problem),
 }
 
-/// [`connect`], then [`check_access`]: bad credentials or an untrusted certificate stop the
-/// start-up; a database that is only unreachable is logged and left to readiness.
-pub async fn open(args: &MongoArgs, app_name: &str) -> Result<Database, OpenError> {
-    let db = connect(args, app_name).await?;
-    if let Access::Unreachable(error) = check_access(&db).await? {
-        tracing::warn!(%error, "MongoDB does not answer yet; starting anyway (readiness reports it until it does)");
-    }
-    Ok(db)
-}
-
-/// Pings the database once, within the client's server selection timeout.
-pub async fn check_access(db: &Database) -> Result<Access, AccessError> {
-    let Err(error) = ping(db).await else {
-        return Ok(Access::Granted);
-    };
-    match classify(&error) {
-        Some(AccessProblem::Credentials) => Err(AccessError::Credentials(error)),
-        Some(AccessProblem::Tls) => Err(AccessError::Tls(error)),
-        None => Ok(Access::Unreachable(error)),
-    }
-}
-
-enum AccessProblem {
-    Credentials,
-    Tls,
-}
-
-fn classify(error: &mongodb::error::Error) -> Option<AccessProblem> {
-    use mongodb::error::ErrorKind;
-    match error.kind.as_ref() {
-        ErrorKind::Authentication { .. } => Some(AccessProblem::Credentials),
-        // AuthenticationFailed: the server's code when the handshake reaches it.
-        ErrorKind::Command(e) if e.code == 18 => Some(AccessProblem::Credentials),
-        // The driver reports a failed TLS handshake as an I/O error of the connection,
-        // and, during server selection, inside the selection error's text.
-        kind => {
-            let text = format!("{kind}").to_ascii_lowercase();
-            if text.contains("authentication failed") {
-                Some(AccessProblem::Credentials)
-            } else if text.contains("certificate")
-                || text.contains("tls handshake")
-                || text.contains("invalid peer")
-            {
-                Some(AccessProblem::Tls)
-            } else {
-                None
-            }
+/// [`connect`], then an [`AccessCheck`] of `needs`: refused credentials, missing privileges
+/// and a TLS setting the wrong way round stop the start-up, named; a database that is only
+/// unreachable is logged and left to readiness (a database restart must not stop the fleet).
+/// The check is returned for readiness to run again.
+pub async fn open(
+    args: &MongoArgs,
+    app_name: &str,
+    needs: &[Need],
+) -> Result<(Database, AccessCheck), OpenError> {
+    let (db, endpoint) = connect(args, app_name).await?;
+    let check = AccessCheck::new(db.clone(), endpoint, needs, args.timeout);
+    match check.run().await {
+        Ok(()) => {}
+        Err(problem) if problem.heals() => {
+            tracing::warn!(%problem, "starting anyway (readiness reports it until MongoDB answers)");
         }
+        Err(problem) => return Err(OpenError::Access(problem)),
     }
+    Ok((db, check))
 }
 
 /// The client-wide write concern: every write of ours (purchases, idempotency keys) is
@@ -221,7 +184,7 @@ where
             }
             Err(e) => {
                 let delay = backoff.next_delay();
-                tracing::warn!(error = %e, retry_in = ?delay, "cannot create {what} yet");
+                tracing::warn!(error = %describe(&e), retry_in = ?delay, "cannot create {what} yet");
                 tokio::time::sleep(delay).await;
             }
         }

@@ -1,0 +1,119 @@
+//! Whether this worker can do its job right now, and why not: what `/readyz` answers.
+//!
+//! Ready means three things at once: the worker is a member of the group with an
+//! assignment, MongoDB lets it insert purchases (proven by [`AccessCheck`], not by a ping),
+//! and the last write was not refused. A refusal that waiting cannot cure (a missing
+//! privilege, a validation rule) makes the worker give its partitions back (see
+//! `startup`), so readiness must say so instead of "joining".
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use kafka_group::GroupMember;
+use purchase::mongo::AccessCheck;
+use serde::Serialize;
+use tokio::sync::watch;
+
+/// What the sink last learned from a write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Writes {
+    /// No write yet, or the last one was stored (or failed in a way that may heal).
+    Accepted,
+    /// MongoDB refused the last write; the text says why.
+    Refused(String),
+}
+
+/// The worker's readiness, shared by the ops server, the sink and the group sessions.
+pub struct Readiness {
+    access: AccessCheck,
+    member: Mutex<Option<Arc<GroupMember>>>,
+    writes: watch::Sender<Writes>,
+}
+
+/// The `/readyz` body.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub ready: bool,
+    /// `joined`, `joining`, or `not a member` (gave its partitions back, or not started).
+    pub group: &'static str,
+    pub partitions: usize,
+    /// `ok`, `unreachable` (may heal by waiting) or `refused` (needs a change of set-up).
+    #[serde(rename = "mongodbState")]
+    pub mongodb_state: &'static str,
+    /// `ok`, or what is wrong with MongoDB and what to change.
+    pub mongodb: String,
+}
+
+impl Readiness {
+    pub fn new(access: AccessCheck) -> Arc<Self> {
+        let (writes, _) = watch::channel(Writes::Accepted);
+        Arc::new(Self {
+            access,
+            member: Mutex::new(None),
+            writes,
+        })
+    }
+
+    pub fn access(&self) -> &AccessCheck {
+        &self.access
+    }
+
+    /// The group member of the running session (`None` between sessions).
+    pub fn set_member(&self, member: Option<Arc<GroupMember>>) {
+        *self.member.lock().unwrap_or_else(|e| e.into_inner()) = member;
+    }
+
+    fn member(&self) -> Option<Arc<GroupMember>> {
+        self.member
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The sink's report of a write.
+    pub fn wrote(&self, writes: Writes) {
+        self.writes.send_if_modified(|last| {
+            let changed = *last != writes;
+            *last = writes;
+            changed
+        });
+    }
+
+    /// Changes of the write outcome, for the session that must give its partitions back.
+    pub fn writes(&self) -> watch::Receiver<Writes> {
+        self.writes.subscribe()
+    }
+
+    /// Runs the access check (bounded by `timeout`) and puts everything together.
+    pub async fn report(&self, timeout: Duration) -> Report {
+        let (mongodb_state, mongodb) = match tokio::time::timeout(timeout, self.access.run()).await
+        {
+            Err(_) => (
+                "unreachable",
+                format!("MongoDB did not answer within {timeout:?}"),
+            ),
+            Ok(Err(problem)) => (problem.state(), problem.to_string()),
+            Ok(Ok(())) => match &*self.writes.borrow() {
+                Writes::Refused(why) => {
+                    ("refused", format!("MongoDB refused the last write: {why}"))
+                }
+                Writes::Accepted => ("ok", "ok".to_string()),
+            },
+        };
+        let member = self.member();
+        let group = match &member {
+            Some(member) if member.is_stable() => "joined",
+            Some(_) => "joining",
+            None => "not a member",
+        };
+        Report {
+            ready: group == "joined" && mongodb_state == "ok",
+            group,
+            partitions: member.map_or(0, |m| m.assignment().len()),
+            mongodb_state,
+            mongodb,
+        }
+    }
+}

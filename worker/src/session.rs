@@ -1,0 +1,174 @@
+//! One membership of the consumer group, from joining to leaving: the group member, the
+//! fetch loop, the sink and the lag gauge, wired together.
+//!
+//! A session ends in one of two ways. At shutdown it drains within the grace period: stop
+//! fetching, write and commit what was read, leave. When MongoDB refuses the writes in a way
+//! waiting cannot cure, it gives its partitions back at once instead: nothing more is
+//! stored or committed, it leaves the group so the others take over, and the records it
+//! had read are read again by their next owner from the last commit. The worker then waits,
+//! not ready, until MongoDB lets it write again and starts a new session (`startup`).
+
+use std::sync::Arc;
+
+use kafka_group::{GroupConfig, GroupEvent, GroupMember};
+use mongodb::Database;
+use rskafka::client::Client;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::WorkerConfig,
+    dlq::DeadLetters,
+    fetcher::Fetchers,
+    metrics::Metrics,
+    ops,
+    readiness::{Readiness, Writes},
+    sink::Sink,
+};
+
+/// Fetched batches waiting for the sink; when full, fetchers wait (backpressure).
+const SINK_QUEUE: usize = 64;
+
+/// How a session ended.
+#[derive(Debug)]
+pub enum Ended {
+    /// The shutdown signal: the worker stops.
+    Shutdown,
+    /// MongoDB refused the writes (the reason); the partitions were given back.
+    /// `stored_any`: the session stored purchases before the refusal.
+    WritesRefused { reason: String, stored_any: bool },
+    /// The group member stopped by itself (fenced by another instance with our id).
+    MemberStopped,
+}
+
+/// What every session of this worker shares.
+pub struct Shared {
+    pub config: WorkerConfig,
+    pub group: GroupConfig,
+    pub kafka: Arc<Client>,
+    pub db: Database,
+    pub dead_letters: DeadLetters,
+    pub metrics: Arc<Metrics>,
+    pub readiness: Arc<Readiness>,
+    pub security: kafka_group::Security,
+}
+
+/// Joins the group and consumes until shutdown or a refusal of the writes.
+pub async fn run(shared: &Shared, shutdown: &CancellationToken) -> anyhow::Result<Ended> {
+    let Shared {
+        config,
+        group,
+        kafka,
+        db,
+        dead_letters,
+        metrics,
+        readiness,
+        security,
+    } = shared;
+    let stored_before = metrics.documents_inserted.get();
+    let (member, mut events) = GroupMember::start(group.clone())?;
+    let member = Arc::new(member);
+    readiness.set_member(Some(Arc::clone(&member)));
+    let mut writes = readiness.writes();
+    writes.mark_unchanged();
+
+    let abandon = CancellationToken::new();
+    let (sink, inbox) = mpsc::channel(SINK_QUEUE);
+    let sink_task = tokio::spawn(
+        Sink {
+            purchases: purchase::mongo::purchases(db),
+            dead_letters: dead_letters.clone(),
+            member: Arc::clone(&member),
+            topic: config.kafka.events.topic.clone(),
+            metrics: Arc::clone(metrics),
+            max_documents: config.batch.max_documents.max(1),
+            abandon: abandon.clone(),
+            readiness: Arc::clone(readiness),
+        }
+        .run(inbox),
+    );
+    let lag_task = tokio::spawn(ops::track_lag(
+        Arc::clone(&member),
+        config.group.group_id.clone(),
+        config.kafka.events.topic.clone(),
+        config.group.offset_reset,
+        Arc::clone(metrics),
+    ));
+    let mut fetchers = Fetchers::new(
+        Arc::clone(kafka),
+        config.kafka.events.topic.clone(),
+        Arc::clone(&member),
+        config.record_fetcher(security),
+        config.fetch_settings(),
+        sink,
+        Arc::clone(metrics),
+    );
+
+    let ended = loop {
+        let event = tokio::select! {
+            () = shutdown.cancelled() => break Ended::Shutdown,
+            changed = writes.changed() => {
+                match (changed, &*writes.borrow_and_update()) {
+                    (Ok(()), Writes::Refused(why)) => break Ended::WritesRefused {
+                        reason: why.clone(),
+                        stored_any: metrics.documents_inserted.get() > stored_before,
+                    },
+                    _ => continue,
+                }
+            }
+            event = events.recv() => event,
+        };
+        match event {
+            Some(GroupEvent::Assigned {
+                generation,
+                partitions,
+                added,
+            }) => {
+                metrics.rebalances.inc();
+                tracing::info!(generation, partitions = ?partition_numbers(&partitions), added = ?partition_numbers(&added), "assigned");
+                fetchers.start(&added, shutdown).await;
+            }
+            Some(GroupEvent::Revoked(revocation)) => fetchers.release(revocation).await,
+            None => break Ended::MemberStopped,
+        }
+    };
+
+    match &ended {
+        Ended::WritesRefused { reason, .. } => {
+            tracing::error!(%reason, "MongoDB refuses the writes: giving the partitions back; not ready until it accepts them again");
+            abandon.cancel();
+            fetchers.drain().await;
+            leave(&member).await;
+        }
+        Ended::Shutdown | Ended::MemberStopped => {
+            tracing::info!("draining: stop fetching, flush, commit, leave the group");
+            let drain = async {
+                fetchers.drain().await;
+                leave(&member).await;
+            };
+            if tokio::time::timeout(config.shutdown_grace, drain)
+                .await
+                .is_err()
+            {
+                tracing::warn!(grace = ?config.shutdown_grace, "drain did not finish within the grace period; uncommitted records will be redelivered");
+                abandon.cancel();
+            }
+        }
+    }
+    drop(fetchers);
+    let _ = sink_task.await;
+    lag_task.abort();
+    readiness.set_member(None);
+    metrics.assigned_partitions.set(0);
+    Ok(ended)
+}
+
+async fn leave(member: &GroupMember) {
+    if let Err(e) = member.leave().await {
+        tracing::warn!(error = %e, "leaving the group failed");
+    }
+}
+
+fn partition_numbers(partitions: &[kafka_group::TopicPartition]) -> Vec<i32> {
+    partitions.iter().map(|tp| tp.partition).collect()
+}
