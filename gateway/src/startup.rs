@@ -60,7 +60,7 @@ impl Application {
                 )
             })?;
         let topics = kafka::topic_admin(&config.kafka, &kafka_security);
-        let partitions = kafka::ensure_topic(&topics, &config.kafka)
+        let partitions = kafka::ensure_topic(&topics, &config.kafka, kafka::PRODUCE)
             .await
             .with_context(|| {
                 format!(

@@ -38,6 +38,12 @@ pub struct Metadata {
     /// name any live broker (each forwards admin requests to the controller, KIP-590), and
     /// some servers name none (-1 or an id that is not among the brokers).
     pub controller: Option<String>,
+    /// topic → the operations the broker lets this client do on it, as the bit field of
+    /// KIP-430 (see `authorization`); absent or `i32::MIN` when the broker does not say.
+    pub topic_operations: HashMap<String, i32>,
+    /// topic → why the broker refused to describe it to this client (an authorization
+    /// error): it may exist, but this client's user may not see it.
+    pub refused_topics: HashMap<String, kafka_protocol::ResponseError>,
 }
 
 impl Cluster {
@@ -150,7 +156,8 @@ impl Cluster {
                     })
                     .collect(),
             ))
-            .with_allow_auto_topic_creation(false);
+            .with_allow_auto_topic_creation(false)
+            .with_include_topic_authorized_operations(version >= 8);
         let response: MetadataResponse = match connection.send(&request, version).await {
             Ok(r) => r,
             Err(e) => {
@@ -169,10 +176,18 @@ impl Cluster {
         };
         for topic in &response.topics {
             let Some(name) = &topic.name else { continue };
-            if crate::error::protocol_error(topic.error_code).is_some() {
+            match crate::error::protocol_error(topic.error_code) {
+                Some(error) if crate::authorization::is_refusal(error) => {
+                    metadata.refused_topics.insert(name.0.to_string(), error);
+                    continue;
+                }
                 // Unknown topics are simply absent: they have no partitions to assign.
-                continue;
+                Some(_) => continue,
+                None => {}
             }
+            metadata
+                .topic_operations
+                .insert(name.0.to_string(), topic.topic_authorized_operations);
             let partitions = topic
                 .partitions
                 .iter()

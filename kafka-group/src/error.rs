@@ -30,6 +30,10 @@ pub enum Error {
     /// The broker refused our SASL credentials or mechanism.
     #[error("{0}")]
     Authentication(String),
+    /// The broker's ACLs do not let this client's user do what it needs (see
+    /// `authorization`). Retrying cannot help until someone grants it.
+    #[error("{0}")]
+    NotAuthorized(String),
     #[error("the group member has stopped")]
     Stopped,
 }
@@ -51,7 +55,10 @@ impl Error {
     /// A refusal of our TLS or SASL settings: reported as it is, not retried as if the
     /// broker were only unreachable.
     pub fn is_security(&self) -> bool {
-        matches!(self, Error::Tls(_) | Error::Authentication(_))
+        matches!(
+            self,
+            Error::Tls(_) | Error::Authentication(_) | Error::NotAuthorized(_)
+        )
     }
 }
 

@@ -57,6 +57,7 @@
 //! [rskafka]: https://docs.rs/rskafka
 
 mod assignor;
+pub mod authorization;
 mod backoff;
 mod cluster;
 mod connection;

@@ -192,6 +192,8 @@ struct Membership {
     protocol: Option<Assignor>,
     /// Whether this member leads the current generation (computes the assignment).
     leader: bool,
+    /// Why the last attempt to join failed, until one succeeds.
+    join_error: Option<Error>,
 }
 
 enum Command {
@@ -312,6 +314,16 @@ impl GroupMember {
         self.state.lock().expect("membership lock").stable
     }
 
+    /// Why the member is not in the group yet, when its last attempt to join failed (a
+    /// refused group authorization, an unreachable coordinator...). `None` once it joined.
+    pub fn join_problem(&self) -> Option<Error> {
+        self.state
+            .lock()
+            .expect("membership lock")
+            .join_error
+            .clone()
+    }
+
     /// Offsets and lag without membership, sharing this member's connections.
     pub fn admin(&self) -> &GroupAdmin {
         &self.admin
@@ -401,6 +413,7 @@ impl MemberTask {
             let joined = match joined {
                 Ok(joined) => joined,
                 Err(e) => {
+                    self.state.lock().expect("membership lock").join_error = Some(e.clone());
                     let fenced = matches!(e.protocol(), Some(ResponseError::FencedInstanceId));
                     if let Some(command) = self.after_failed_join(&e, &mut commands).await {
                         return self.finish(Some(command)).await;
@@ -418,10 +431,12 @@ impl MemberTask {
                         } else {
                             tracing::debug!(group = %self.config.group_id, error = %e, retry_in = ?delay, "the group is rebalancing again, rejoining");
                         }
-                    } else if e.is_security() {
+                    } else if e.is_security()
+                        || e.protocol().is_some_and(crate::authorization::is_refusal)
+                    {
                         // The credentials or certificates were refused: nothing heals this
                         // but a change of settings on one side, so it is said at error.
-                        tracing::error!(group = %self.config.group_id, error = %e, retry_in = ?delay, "the broker refused this member's TLS or SASL settings");
+                        tracing::error!(group = %self.config.group_id, error = %e, retry_in = ?delay, "the broker refused this member's TLS or SASL settings, or its user's access to the group");
                     } else {
                         tracing::warn!(group = %self.config.group_id, error = %e, retry_in = ?delay, "join failed, retrying");
                     }
@@ -432,6 +447,7 @@ impl MemberTask {
                     continue;
                 }
             };
+            self.state.lock().expect("membership lock").join_error = None;
             backoff.reset();
             unassigned_rounds = 0;
             waiting_since = Instant::now();

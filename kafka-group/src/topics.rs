@@ -9,6 +9,7 @@ use kafka_protocol::{
 };
 
 use crate::{
+    authorization::{self, Operation},
     backoff::Backoff,
     cluster::{Cluster, Metadata},
     error::{protocol_error, Error, Result},
@@ -41,7 +42,16 @@ impl TopicAdmin {
 
     /// The topic's partition count, `None` when it does not exist. Never creates it.
     pub async fn partition_count(&self, topic: &str) -> Result<Option<usize>> {
+        self.usable(topic, &[]).await
+    }
+
+    /// Like [`partition_count`](Self::partition_count), and
+    /// [`Error::NotAuthorized`] when the brokers refuse to describe the topic to this
+    /// client, or report that it may not do one of `needed` on it (brokers that do not
+    /// report operations are taken at their word until a real request is refused).
+    pub async fn usable(&self, topic: &str, needed: &[Operation]) -> Result<Option<usize>> {
         let metadata = self.cluster.metadata(&[topic.to_string()]).await?;
+        check_allowed(&metadata, topic, needed)?;
         Ok(existing_partitions(&metadata, topic))
     }
 
@@ -57,6 +67,7 @@ impl TopicAdmin {
     ) -> Result<usize> {
         // One lookup tells whether the topic exists and which broker is the controller.
         let metadata = self.cluster.metadata(&[topic.to_string()]).await?;
+        check_allowed(&metadata, topic, &[])?;
         if let Some(existing) = existing_partitions(&metadata, topic) {
             return Ok(existing);
         }
@@ -115,6 +126,32 @@ impl TopicAdmin {
             }
         }
     }
+}
+
+/// [`Error::NotAuthorized`] naming the topic, what is missing and what to grant.
+fn check_allowed(metadata: &Metadata, topic: &str, needed: &[Operation]) -> Result<()> {
+    if let Some(error) = metadata.refused_topics.get(topic) {
+        let mut grant = vec![Operation::Describe];
+        grant.extend(needed.iter().filter(|op| **op != Operation::Describe));
+        return Err(Error::NotAuthorized(format!(
+            "the brokers refuse to describe topic {topic} to this client ({error:?}): grant its user {} on the topic",
+            authorization::list(&grant)
+        )));
+    }
+    let reported = metadata
+        .topic_operations
+        .get(topic)
+        .copied()
+        .unwrap_or(authorization::NOT_REPORTED);
+    let missing = authorization::missing(reported, needed);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(Error::NotAuthorized(format!(
+        "the brokers do not let this client's user {} topic {topic}: grant it {} on the topic",
+        authorization::list(&missing).to_lowercase(),
+        authorization::list(&missing)
+    )))
 }
 
 /// The partition count of `topic` in `metadata`, `None` when it does not exist.

@@ -8,7 +8,12 @@ use rskafka::{
 };
 
 use kafka_group::Security;
-pub use kafka_group::{Backoff, TopicAdmin};
+pub use kafka_group::{authorization::Operation, Backoff, TopicAdmin};
+
+/// What the gateway does with the purchases topic.
+pub const PRODUCE: &[Operation] = &[Operation::Describe, Operation::Write];
+/// What a worker does with the purchases topic (and, with the group, commits).
+pub const CONSUME: &[Operation] = &[Operation::Describe, Operation::Read];
 
 use crate::{config::KafkaArgs, kafka_security};
 
@@ -77,8 +82,15 @@ pub fn topic_admin(args: &KafkaArgs, security: &Security) -> TopicAdmin {
 }
 
 /// Creates the topic when missing and returns its real partition count (which wins over
-/// the configured one when the topic already existed).
-pub async fn ensure_topic(admin: &TopicAdmin, args: &KafkaArgs) -> Result<i32, kafka_group::Error> {
+/// the configured one when the topic already existed), once the brokers confirm this
+/// client may do `needed` on it (where they report it; see `kafka_group::authorization`).
+pub async fn ensure_topic(
+    admin: &TopicAdmin,
+    args: &KafkaArgs,
+    needed: &[Operation],
+) -> Result<i32, kafka_group::Error> {
+    // First, so that a refusal names everything to grant (ensure alone knows no `needed`).
+    admin.usable(&args.events.topic, needed).await?;
     let partitions = admin
         .ensure(
             &args.events.topic,

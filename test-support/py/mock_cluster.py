@@ -26,6 +26,8 @@ handled one at a time: {"ok": true, ...} or {"ok": false, "error": "..."}. Opera
       without broker: the next requests of api_key to any broker get these errors, in order;
       with broker: only that broker's, each delayed by rtts[i] ms (default 0).
   clear_errors {api_key}                             the cluster-wide stack only (see below)
+  set_topic_error {topic, error}                     Metadata answers the topic with this
+                                                     error code (0 clears it)
   start_tracking / stop_tracking / clear_requests
   requests -> {"requests": [{"broker", "api_key", "ts_us"}...],
                "counts": {"<broker>": {"<api_key>": n}}}
@@ -173,6 +175,7 @@ def load_librdkafka():
         "rd_kafka_mock_broker_set_rtt": ([c_void_p, i32, c_int], err_t),
         "rd_kafka_mock_coordinator_set": ([c_void_p, c_char_p, c_char_p, i32], err_t),
         "rd_kafka_mock_push_request_errors_array": ([c_void_p, i16, c_size_t, ctypes.POINTER(err_t)], None),
+        "rd_kafka_mock_topic_set_error": ([c_void_p, c_char_p, err_t], None),
         # Variadic: (mcluster, broker_id, ApiKey, cnt, ...) followed by cnt pairs of
         # (rd_kafka_resp_err_t err, int rtt_ms), read with va_arg(ap, rd_kafka_resp_err_t) and
         # va_arg(ap, int) (rdkafka_mock.c:2440-2445). Only the fixed arguments are declared;
@@ -444,6 +447,10 @@ class Cluster:
                 )
             elif op == "clear_errors":
                 self.clear_errors(api_key())
+            elif op == "set_topic_error":
+                self.lib.rd_kafka_mock_topic_set_error(
+                    self.mcluster, field("topic", str).encode(), field("error", int)
+                )
             elif op == "start_tracking":
                 self.lib.rd_kafka_mock_start_request_tracking(self.mcluster)
             elif op == "stop_tracking":

@@ -228,6 +228,12 @@ impl MockCluster {
         self.control(json!({"op": "clear_errors", "api_key": api_key}));
     }
 
+    /// Metadata answers `topic` with error `code` from now on (0 clears it), as a broker
+    /// does for a topic the client's user may not describe (29, TOPIC_AUTHORIZATION_FAILED).
+    pub fn set_topic_error(&self, topic: &str, code: i16) {
+        self.control(json!({"op": "set_topic_error", "topic": topic, "error": code}));
+    }
+
     /// Starts recording the requests the brokers receive, forgetting earlier ones.
     pub fn start_tracking(&self) {
         self.control(json!({"op": "start_tracking"}));

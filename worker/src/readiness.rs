@@ -38,6 +38,8 @@ pub struct Report {
     pub ready: bool,
     /// `joined`, `joining`, or `not a member` (gave its partitions back, or not started).
     pub group: &'static str,
+    /// `ok`, or why the last attempt to join the group failed.
+    pub kafka: String,
     pub partitions: usize,
     /// `ok`, `unreachable` (may heal by waiting) or `refused` (needs a change of set-up).
     #[serde(rename = "mongodbState")]
@@ -108,9 +110,14 @@ impl Readiness {
             Some(_) => "joining",
             None => "not a member",
         };
+        let kafka = match member.as_ref().and_then(|m| m.join_problem()) {
+            Some(problem) if group != "joined" => format!("cannot join the group: {problem}"),
+            _ => "ok".to_string(),
+        };
         Report {
             ready: group == "joined" && mongodb_state == "ok",
             group,
+            kafka,
             partitions: member.map_or(0, |m| m.assignment().len()),
             mongodb_state,
             mongodb,

@@ -59,7 +59,7 @@ impl Worker {
                 )
             })?;
         let topics = kafka::topic_admin(&config.kafka, &security);
-        kafka::ensure_topic(&topics, &config.kafka)
+        kafka::ensure_topic(&topics, &config.kafka, kafka::CONSUME)
             .await
             .with_context(|| {
                 format!(
@@ -68,6 +68,7 @@ impl Worker {
                 )
             })?;
         let dead_letters = dead_letters(&kafka, &topics, &config.kafka, &config.dlq_topic).await?;
+        check_group_access(&config, &security).await?;
 
         let (db, access) = mongo::open(&config.mongo, "worker", MONGO_NEEDS)
             .await
@@ -144,6 +145,35 @@ impl Worker {
     }
 }
 
+/// Reads the group's committed offset of partition 0 (OffsetFetch needs Describe on the
+/// group): a group the brokers refuse this worker's user is a start-up error, named, instead
+/// of a worker that never joins. Other errors are left to the group member, which retries.
+async fn check_group_access(
+    config: &WorkerConfig,
+    security: &kafka_group::Security,
+) -> anyhow::Result<()> {
+    let group = &config.group.group_id;
+    let admin = kafka_group::GroupAdmin::new(
+        config.kafka.events.brokers.clone(),
+        config.kafka.client_id.clone(),
+        config.kafka.retry_deadline,
+    )
+    .with_security(security.clone());
+    let partition = kafka_group::TopicPartition::new(&config.kafka.events.topic, 0);
+    match admin.committed(group, &[partition]).await {
+        Err(e)
+            if e.protocol()
+                .is_some_and(kafka_group::authorization::is_refusal) =>
+        {
+            anyhow::bail!(
+                "the Kafka brokers refuse consumer group {group} to this worker ({e}): grant its user Read on the group and Describe and Read on topic {}",
+                config.kafka.events.topic
+            )
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Not a member, not ready: waits `hold_off`, then until the access check passes.
 /// `false`: shutdown came first.
 async fn wait_until_writable(
@@ -185,7 +215,7 @@ async fn dead_letters(
         topic_partitions: 1,
         ..args.clone()
     };
-    let partitions = kafka::ensure_topic(topics, &dlq_args)
+    let partitions = kafka::ensure_topic(topics, &dlq_args, kafka::PRODUCE)
         .await
         .with_context(|| format!("cannot create or describe dead-letter topic {dlq_topic}"))?;
     let mut clients = Vec::new();

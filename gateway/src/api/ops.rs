@@ -68,14 +68,19 @@ impl OpsApi {
         PlainText("Success")
     }
 
-    /// Readiness: 200 when Kafka has the topic and MongoDB lets the gateway read purchases and
+    /// Readiness: 200 when Kafka has the topic (and lets the gateway write it, where the
+    /// brokers report it) and MongoDB lets the gateway read purchases and
     /// record idempotency keys, else 503
     #[oai(path = "/readyz", method = "get", operation_id = "readyz")]
     async fn readyz(&self, state: Data<&Arc<AppState>>) -> ReadyResponse {
         let timeout = state.probe_timeout;
         let (kafka, mongodb) = tokio::join!(
             probe(timeout, async {
-                match state.topics.partition_count(&state.topic).await {
+                match state
+                    .topics
+                    .usable(&state.topic, purchase::kafka::PRODUCE)
+                    .await
+                {
                     Ok(Some(_)) => Ok(()),
                     Ok(None) => Err(format!("topic {} does not exist", state.topic)),
                     Err(e) => Err(e.to_string()),

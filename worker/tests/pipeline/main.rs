@@ -12,6 +12,7 @@ mod dead_letters;
 mod delivery;
 mod exit;
 mod fleet;
+mod kafka_access;
 mod mongo_access;
 mod pacing;
 mod scale;

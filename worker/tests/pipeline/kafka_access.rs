@@ -1,0 +1,143 @@
+//! Kafka authorization refusals are named, not retried as outages: on a three-broker mock
+//! cluster of its own, a topic the brokers refuse to describe (TOPIC_AUTHORIZATION_FAILED,
+//! as Kafka answers a user without Describe) stops gateway and worker start-up naming the
+//! topic and what to grant; a consumer group the brokers refuse (GROUP_AUTHORIZATION_FAILED)
+//! stops the worker naming the group; and a worker whose joins are refused says why on
+//! /readyz instead of only "joining".
+
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use test_support::{shared_servers, TestKafka};
+
+use crate::helpers::{dead_letter_topic, Pipeline};
+
+const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
+const GROUP_AUTHORIZATION_FAILED: i16 = 30;
+const OFFSET_FETCH: i16 = 9;
+const JOIN_GROUP: i16 = 11;
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+fn worker_config(kafka: &TestKafka, topic: &str, group: &str) -> worker::config::WorkerConfig {
+    let (_, mongo) = shared_servers();
+    worker::config::WorkerConfig::try_parse_from([
+        "worker".to_string(),
+        "--listen=127.0.0.1:0".into(),
+        format!("--kafka-brokers={}", kafka.address),
+        format!("--kafka-topic={topic}"),
+        format!("--dlq-topic={}", dead_letter_topic(topic)),
+        format!("--kafka-group-id={group}"),
+        "--kafka-retry-deadline=5s".into(),
+        format!("--mongo-uri={}", mongo.address),
+        format!("--mongo-database={}", unique("shop").replace('-', "_")),
+        "--log-filter=warn".into(),
+    ])
+    .expect("worker flags")
+}
+
+async fn worker_error(config: worker::config::WorkerConfig) -> (String, Duration) {
+    let started = Instant::now();
+    match worker::startup::Worker::build(config).await {
+        Ok(_) => panic!("the worker started although Kafka refuses it"),
+        Err(e) => (format!("{e:#}"), started.elapsed()),
+    }
+}
+
+#[tokio::test]
+async fn a_topic_the_brokers_refuse_to_describe_stops_start_up_naming_the_topic_and_the_grant() {
+    let kafka = TestKafka::mock_cluster(3);
+    let cluster = kafka.mock().expect("a mock cluster");
+    let topic = unique("purchases");
+    kafka.prepare_topic(&topic, 3);
+    kafka.prepare_topic(&dead_letter_topic(&topic), 1);
+    cluster.set_topic_error(&topic, TOPIC_AUTHORIZATION_FAILED);
+
+    let (error, took) = worker_error(worker_config(&kafka, &topic, &unique("workers"))).await;
+    eprintln!("[kafka-access] worker, topic refused ({took:.1?}): {error}");
+    assert!(
+        error.contains(&format!("refuse to describe topic {topic}"))
+            && error.contains("TopicAuthorizationFailed")
+            && error.contains("Describe and Read"),
+        "{error}"
+    );
+    assert!(took < Duration::from_secs(5), "{took:?}");
+
+    let (_, mongo) = shared_servers();
+    let cli = gateway::config::Cli::try_parse_from([
+        "gateway".to_string(),
+        "--listen=127.0.0.1:0".into(),
+        format!("--kafka-brokers={}", kafka.address),
+        format!("--kafka-topic={topic}"),
+        format!("--mongo-uri={}", mongo.address),
+        "--auth-disabled".into(),
+        "--log-filter=warn".into(),
+    ])
+    .expect("gateway flags");
+    let error = match gateway::startup::Application::build(cli.config).await {
+        Ok(_) => panic!("the gateway started although Kafka refuses the topic"),
+        Err(e) => format!("{e:#}"),
+    };
+    eprintln!("[kafka-access] gateway, topic refused: {error}");
+    assert!(
+        error.contains(&format!("refuse to describe topic {topic}"))
+            && error.contains("Describe and Write"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_consumer_group_the_brokers_refuse_stops_worker_start_up_naming_the_group() {
+    let kafka = TestKafka::mock_cluster(3);
+    let cluster = kafka.mock().expect("a mock cluster");
+    let topic = unique("purchases");
+    let group = unique("workers");
+    kafka.prepare_topic(&topic, 3);
+    kafka.prepare_topic(&dead_letter_topic(&topic), 1);
+    cluster.push_errors(OFFSET_FETCH, &[GROUP_AUTHORIZATION_FAILED]);
+    let (error, took) = worker_error(worker_config(&kafka, &topic, &group)).await;
+    eprintln!("[kafka-access] worker, group refused ({took:.1?}): {error}");
+    assert!(
+        error.contains(&format!("refuse consumer group {group}"))
+            && error.contains("grant its user Read on the group"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_worker_whose_joins_are_refused_says_why_on_readiness() {
+    let kafka = TestKafka::mock_cluster(3);
+    let cluster = kafka.mock().expect("a mock cluster");
+    let (_, mongo) = shared_servers();
+    let pipeline = Pipeline::start_on_test_kafka(&kafka, &mongo.address).await;
+    // Enough refusals for several join attempts (the member backs off between them).
+    cluster.push_errors(JOIN_GROUP, &[GROUP_AUTHORIZATION_FAILED; 20]);
+    let worker = pipeline.worker();
+    let started = Instant::now();
+    let body = loop {
+        if let Some((status, body)) = worker.readiness().await {
+            if body["kafka"]
+                .as_str()
+                .is_some_and(|k| k.contains("GroupAuthorizationFailed"))
+            {
+                assert_eq!(status, 503, "{body}");
+                break body;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "readiness never named the refusal"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!(
+        "[kafka-access] refused joins on /readyz after {:.1?}: {body}",
+        started.elapsed()
+    );
+    assert_eq!(body["group"], "joining", "{body}");
+    cluster.clear_errors(JOIN_GROUP);
+    worker.terminate();
+    pipeline.stop();
+}
