@@ -24,7 +24,7 @@ use opentelemetry::{
     trace::{SpanKind, Status, TraceContextExt, Tracer},
     Context, KeyValue,
 };
-use purchase::{kafka::Backoff, traces, PurchaseEvent};
+use purchase::{cause_log::CauseLog, kafka::Backoff, traces, PurchaseEvent};
 use rskafka::{
     client::{
         error::{Error as KafkaError, ProtocolError},
@@ -58,6 +58,10 @@ pub enum ProduceError {
     NotSent(Duration),
     #[error("the gateway is shutting down")]
     Closed,
+    /// The broker refused the purchase without writing it (its ACLs do not let the
+    /// gateway's user write the topic). The detail is for the log and readiness.
+    #[error("the broker refused the purchase")]
+    Refused(String),
     /// The record was handed to the Kafka client, and no acknowledgement came back: the
     /// broker may have written it. The detail (the Kafka client's error) is for the log,
     /// never for the API answer.
@@ -114,7 +118,27 @@ pub struct PurchaseProducer {
     args: ProduceArgs,
     metrics: Arc<Metrics>,
     topic: String,
+    /// Why the brokers refused the last produce, until one is accepted: readiness says it.
+    refusal: Refusal,
 }
+
+/// The last refusal of a produce by the brokers (an authorization error), shared by the
+/// partition senders; cleared by any accepted produce.
+#[derive(Clone, Default)]
+struct Refusal(Arc<std::sync::Mutex<Option<String>>>);
+
+impl Refusal {
+    fn set(&self, why: Option<String>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = why;
+    }
+
+    fn get(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Produces the brokers refused, logged once per cause.
+static REFUSED_PRODUCES: CauseLog = CauseLog::new("produce", Duration::from_secs(60));
 
 impl PurchaseProducer {
     /// Connects to the leader of every partition of `topic` and starts one sender per partition.
@@ -128,6 +152,7 @@ impl PurchaseProducer {
         let mut queues = Vec::with_capacity(partitions as usize);
         let mut tasks = JoinSet::new();
         let closing = CancellationToken::new();
+        let refusal = Refusal::default();
         for partition in 0..partitions {
             let client = client
                 .partition_client(topic, partition, UnknownTopicHandling::Retry)
@@ -141,6 +166,7 @@ impl PurchaseProducer {
                 args.batch_max_bytes,
                 args.timeout,
                 Arc::clone(&metrics),
+                refusal.clone(),
             ));
         }
         Ok(Self {
@@ -150,7 +176,13 @@ impl PurchaseProducer {
             args,
             metrics,
             topic: topic.to_string(),
+            refusal,
         })
+    }
+
+    /// Why the brokers refused the last purchase, while no later one was accepted.
+    pub fn refusal(&self) -> Option<String> {
+        self.refusal.get()
     }
 
     /// Resolves once the broker has acknowledged the event (acks=all), or fails within the
@@ -244,6 +276,7 @@ async fn send_batches(
     batch_max_bytes: usize,
     max_call: Duration,
     metrics: Arc<Metrics>,
+    refusal: Refusal,
 ) {
     let mut reachable = true;
     loop {
@@ -293,8 +326,28 @@ async fn send_batches(
         reachable = result.is_ok();
         match result {
             Ok(offsets) => {
+                refusal.set(None);
                 for (waiter, offset) in waiters.into_iter().zip(offsets) {
                     let _ = waiter.send(Ok(offset));
+                }
+            }
+            Err(KafkaError::ServerError {
+                protocol_error:
+                    refusal_code @ (ProtocolError::TopicAuthorizationFailed
+                    | ProtocolError::ClusterAuthorizationFailed),
+                ..
+            }) => {
+                // The broker checked its ACLs before appending anything: nothing was
+                // written, and the callers learn so, truthfully.
+                metrics.produce_errors.inc();
+                let why = format!(
+                    "the brokers refuse this gateway's user writes to topic {} ({refusal_code:?}): grant it Write on the topic",
+                    client.topic()
+                );
+                REFUSED_PRODUCES.failed(&why);
+                refusal.set(Some(why.clone()));
+                for waiter in waiters {
+                    let _ = waiter.send(Err(ProduceError::Refused(why.clone())));
                 }
             }
             Err(e) => {

@@ -2,6 +2,7 @@
 //! validation, the stored document, configuration pieces, Kafka and MongoDB set-up,
 //! telemetry and the shutdown signal. Written once here so gateway and worker cannot drift.
 
+pub mod cause_log;
 pub mod config;
 pub mod document;
 pub mod event;

@@ -78,13 +78,20 @@ pub struct FetchOutcome {
 /// A caught-up request asks for this many times `fill_bytes`.
 const TAIL_FILLS: usize = 1;
 
+/// How long a broker may hold a fetch while this worker is behind: a round's answers come
+/// back at once.
+pub const BEHIND_MAX_WAIT: Duration = Duration::from_millis(5);
+
 impl Pacing {
     /// What to ask for. While behind: everything `full` allows, and no broker may hold the
     /// request. The requests of one round go to every leader at once and the round ends
     /// with the last answer, so a broker whose partitions are caught up would hold the round
     /// for `max_wait` while another broker's partitions have records waiting (measured on
     /// three brokers: the backlog after a load drained at one round per 500 ms, 40 s instead
-    /// of 2). Kafka answers a fetch with nothing at once, at no cost.
+    /// of 2). Kafka answers a fetch with nothing at once, at no cost. The wait is
+    /// [`BEHIND_MAX_WAIT`], not zero: a few milliseconds cost a round nothing, and a server
+    /// that reads "wait zero" as "no time to look" (nisshi 0.7 answers it with no partitions
+    /// at all) still returns what it has.
     ///
     /// While caught up, a few fills: the answer comes within one fill's time on any broker,
     /// including one that keeps reading a partition while records keep arriving until the
@@ -94,7 +101,7 @@ impl Pacing {
     pub fn limits(&self, full: &FetchLimits, behind: bool) -> FetchLimits {
         if behind {
             return FetchLimits {
-                max_wait: Duration::ZERO,
+                max_wait: BEHIND_MAX_WAIT,
                 ..full.clone()
             };
         }
@@ -836,8 +843,7 @@ mod tests {
         assert_eq!(tail.max_wait, full.max_wait);
         let behind = PACING.limits(&full, true);
         assert_eq!(
-            behind.max_wait,
-            Duration::ZERO,
+            behind.max_wait, BEHIND_MAX_WAIT,
             "no broker holds a round that is behind"
         );
         assert_eq!(behind.max_bytes, full.max_bytes);

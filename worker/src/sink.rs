@@ -17,7 +17,10 @@ use std::{
 
 use kafka_group::{Backoff, GroupMember, TopicPartition};
 use mongodb::{bson::Document, error::ErrorKind, Collection};
-use purchase::mongo::{is_duplicate_key, CauseLog, Failure, DUPLICATE_KEY};
+use purchase::{
+    cause_log::CauseLog,
+    mongo::{is_duplicate_key, Failure, DUPLICATE_KEY},
+};
 use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
@@ -33,6 +36,8 @@ const COMMIT_RETRY: Duration = Duration::from_millis(500);
 
 /// Failed writes are logged once per cause, and again at most this often while it lasts.
 static WRITE_FAILURES: CauseLog = CauseLog::new("batch write", Duration::from_secs(60));
+static DEAD_LETTER_FAILURES: CauseLog =
+    CauseLog::new("dead-letter produce", Duration::from_secs(60));
 
 pub struct Sink {
     pub purchases: Collection<Document>,
@@ -227,10 +232,11 @@ impl Sink {
         loop {
             match self.dead_letters.send(&poison).await {
                 Ok(()) => {
+                    DEAD_LETTER_FAILURES.recovered();
                     self.metrics.dead_lettered.inc_by(poison.len() as u64);
                     return true;
                 }
-                Err(e) => tracing::warn!(error = %e, "dead-letter produce failed, retrying"),
+                Err(e) => DEAD_LETTER_FAILURES.failed(&e),
             }
             if !self.pause(&mut backoff).await {
                 return false;

@@ -9,10 +9,11 @@ use anyhow::Context;
 use kafka_group::Backoff;
 use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 use purchase::{
+    cause_log::CauseLog,
     config::{EventTopicArgs, KafkaArgs},
     document::COLLECTION,
     kafka, kafka_security,
-    mongo::{self, CauseLog, Need},
+    mongo::{self, Need},
 };
 use rskafka::client::{partition::UnknownTopicHandling, Client};
 use tokio_util::sync::CancellationToken;

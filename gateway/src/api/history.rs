@@ -8,7 +8,7 @@ use poem_openapi::{
     payload::Json,
     OpenApi,
 };
-use purchase::mongo::{CauseLog, Failure};
+use purchase::{cause_log::CauseLog, mongo::Failure};
 
 use super::{
     model::{Purchase, PurchasePage},

@@ -88,6 +88,10 @@ impl OpsApi {
             }),
             tokio::time::timeout(timeout, state.mongo_access.run()),
         );
+        let kafka = match (kafka.as_str(), state.producer.refusal()) {
+            ("ok", Some(refusal)) => refusal,
+            _ => kafka,
+        };
         let (mongodb_state, mongodb) = match mongodb {
             Ok(Ok(())) => ("ok", "ok".to_string()),
             Ok(Err(problem)) => (problem.state(), problem.to_string()),

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use poem::web::Data;
 use poem_openapi::{payload::Json, ApiResponse, OpenApi};
-use purchase::{mongo::CauseLog, NewPurchase, PurchaseEvent};
+use purchase::{cause_log::CauseLog, NewPurchase, PurchaseEvent};
 
 use poem_openapi::param::{Header, Query};
 
@@ -152,7 +152,8 @@ pub(super) async fn accept(
             ))
         }
         Err(e) => {
-            if !matches!(e, ProduceError::QueueFull) {
+            // A full queue is load, and refusals are logged once per cause by the producer.
+            if !matches!(e, ProduceError::QueueFull | ProduceError::Refused(_)) {
                 tracing::warn!(event_id = %event.event_id, error = %e, "purchase not accepted");
             }
             Err(ApiError::unavailable("kafka", e, state.retry_after_seconds))

@@ -5,7 +5,7 @@ mod access;
 mod failure;
 
 pub use access::{speaks_tls, AccessCheck, Endpoint, Need, Operation, Problem};
-pub use failure::{describe, CauseLog, Failure};
+pub use failure::{describe, Failure};
 
 use mongodb::{
     bson::{doc, Document},

@@ -141,3 +141,81 @@ async fn a_worker_whose_joins_are_refused_says_why_on_readiness() {
     worker.terminate();
     pipeline.stop();
 }
+
+#[tokio::test]
+async fn a_produce_the_brokers_refuse_is_a_503_saying_nothing_was_stored_and_readiness_names_it() {
+    const PRODUCE: i16 = 0;
+    let kafka = TestKafka::mock_cluster(3);
+    let cluster = kafka.mock().expect("a mock cluster");
+    let (_, mongo) = shared_servers();
+    let pipeline = Pipeline::start_on_test_kafka(&kafka, &mongo.address).await;
+    // The next two produces are refused, as Kafka refuses a user without Write.
+    cluster.push_errors(PRODUCE, &[TOPIC_AUTHORIZATION_FAILED; 2]);
+    let url = format!("{}/api/purchases", pipeline.gateway);
+    let purchase = serde_json::json!({"username": "ann", "userId": "u1", "price": 2.5});
+    let response = pipeline
+        .client
+        .post(&url)
+        .json(&purchase)
+        .send()
+        .await
+        .expect("gateway answers");
+    assert_eq!(response.status().as_u16(), 503);
+    let body: serde_json::Value = response.json().await.expect("JSON");
+    eprintln!("[kafka-access] refused produce: {body}");
+    assert_eq!(body["error"], "kafka_unavailable", "{body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("refused") && message.contains("nothing was stored"),
+        "{body}"
+    );
+    assert!(
+        !message.contains("TopicAuthorization") && !message.contains("Server error"),
+        "no protocol internals in the answer: {body}"
+    );
+    let ready = pipeline
+        .client
+        .get(format!("{}/readyz", pipeline.gateway))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status().as_u16(), 503);
+    let ready: serde_json::Value = ready.json().await.expect("JSON");
+    eprintln!("[kafka-access] gateway /readyz after a refused produce: {ready}");
+    assert!(
+        ready["kafka"]
+            .as_str()
+            .is_some_and(|k| k.contains("grant it Write")),
+        "{ready}"
+    );
+
+    // Once the brokers take purchases again, so does the gateway, and readiness clears.
+    let started = Instant::now();
+    loop {
+        let status = pipeline
+            .client
+            .post(&url)
+            .json(&purchase)
+            .send()
+            .await
+            .expect("gateway answers")
+            .status()
+            .as_u16();
+        if status == 202 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "still {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let ready = pipeline
+        .client
+        .get(format!("{}/readyz", pipeline.gateway))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status().as_u16(), 200);
+    pipeline.stop();
+}
