@@ -49,6 +49,13 @@ pub struct WorkerConfig {
     /// the pod's terminationGracePeriodSeconds.
     #[arg(long, env = "WORKER_SHUTDOWN_GRACE", default_value = "25s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+
+    /// When MongoDB has taken none of this worker's writes for this long (no answer, not a
+    /// refusal), it gives its partitions back and rejoins once MongoDB answers, so a worker
+    /// cut off from the database does not hold partitions others could store. Shorter
+    /// outages (a failover) keep the partitions and retry.
+    #[arg(long, env = "WORKER_GIVE_BACK_AFTER", default_value = "30s", value_parser = parse_duration)]
+    pub give_back_after: Duration,
 }
 
 /// How this worker keeps its place in the group; the timings trade failover speed against

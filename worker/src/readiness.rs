@@ -8,7 +8,7 @@
 
 use std::{
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use kafka_group::GroupMember;
@@ -19,8 +19,10 @@ use tokio::sync::watch;
 /// What the sink last learned from a write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Writes {
-    /// No write yet, or the last one was stored (or failed in a way that may heal).
+    /// No write yet, or the last one was stored.
     Accepted,
+    /// Failing since `since` in a way that may heal (no answer, failover); `why` the last.
+    Failing { since: Instant, why: String },
     /// MongoDB refused the last write; the text says why.
     Refused(String),
 }
@@ -83,6 +85,17 @@ impl Readiness {
         });
     }
 
+    /// A write failed in a way that may heal: failing since the first such failure.
+    pub fn still_failing(&self, why: String) {
+        self.writes.send_modify(|last| {
+            let since = match last {
+                Writes::Failing { since, .. } => *since,
+                _ => Instant::now(),
+            };
+            *last = Writes::Failing { since, why };
+        });
+    }
+
     /// Changes of the write outcome, for the session that must give its partitions back.
     pub fn writes(&self) -> watch::Receiver<Writes> {
         self.writes.subscribe()
@@ -101,6 +114,13 @@ impl Readiness {
                 Writes::Refused(why) => {
                     ("refused", format!("MongoDB refused the last write: {why}"))
                 }
+                Writes::Failing { since, why } => (
+                    "unreachable",
+                    format!(
+                        "MongoDB has taken no write for {:.0?}: {why}",
+                        since.elapsed()
+                    ),
+                ),
                 Writes::Accepted => ("ok", "ok".to_string()),
             },
         };

@@ -8,7 +8,7 @@
 //! had read are read again by their next owner from the last commit. The worker then waits,
 //! not ready, until MongoDB lets it write again and starts a new session (`startup`).
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
 use kafka_group::{GroupConfig, GroupEvent, GroupMember};
 use mongodb::Database;
@@ -34,8 +34,8 @@ const SINK_QUEUE: usize = 64;
 pub enum Ended {
     /// The shutdown signal: the worker stops.
     Shutdown,
-    /// MongoDB refused the writes (the reason); the partitions were given back.
-    /// `stored_any`: the session stored purchases before the refusal.
+    /// MongoDB refused the writes, or took none for `--give-back-after` (the reason); the
+    /// partitions were given back. `stored_any`: the session stored purchases before.
     WritesRefused { reason: String, stored_any: bool },
     /// The group member stopped by itself (fenced by another instance with our id).
     MemberStopped,
@@ -104,6 +104,8 @@ pub async fn run(shared: &Shared, shutdown: &CancellationToken) -> anyhow::Resul
         Arc::clone(metrics),
     );
 
+    // While writes fail in a way that may heal: when the partitions go back.
+    let mut give_back_at: Option<Instant> = None;
     let ended = loop {
         let event = tokio::select! {
             () = shutdown.cancelled() => break Ended::Shutdown,
@@ -113,8 +115,18 @@ pub async fn run(shared: &Shared, shutdown: &CancellationToken) -> anyhow::Resul
                         reason: why.clone(),
                         stored_any: metrics.documents_inserted.get() > stored_before,
                     },
-                    _ => continue,
+                    (Ok(()), Writes::Failing { since, .. }) => {
+                        give_back_at = Some(*since + config.give_back_after);
+                    }
+                    _ => give_back_at = None,
                 }
+                continue;
+            }
+            () = sleep_until(give_back_at), if give_back_at.is_some() => {
+                break Ended::WritesRefused {
+                    reason: format!("MongoDB has taken no write for {:?}", config.give_back_after),
+                    stored_any: metrics.documents_inserted.get() > stored_before,
+                };
             }
             event = events.recv() => event,
         };
@@ -135,7 +147,7 @@ pub async fn run(shared: &Shared, shutdown: &CancellationToken) -> anyhow::Resul
 
     match &ended {
         Ended::WritesRefused { reason, .. } => {
-            tracing::error!(%reason, "MongoDB refuses the writes: giving the partitions back; not ready until it accepts them again");
+            tracing::error!(%reason, "giving the partitions back; not ready until MongoDB takes this worker's writes again");
             abandon.cancel();
             fetchers.drain().await;
             leave(&member).await;
@@ -161,6 +173,13 @@ pub async fn run(shared: &Shared, shutdown: &CancellationToken) -> anyhow::Resul
     readiness.set_member(None);
     metrics.assigned_partitions.set(0);
     Ok(ended)
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn leave(member: &GroupMember) {

@@ -213,8 +213,11 @@ impl Sink {
                     self.metrics.write_errors.inc();
                     let failure = Failure::of(&e);
                     WRITE_FAILURES.failed(&failure);
-                    if let Failure::Refused { description, .. } = failure {
-                        self.readiness.wrote(Writes::Refused(description));
+                    match failure {
+                        Failure::Refused { description, .. } => {
+                            self.readiness.wrote(Writes::Refused(description));
+                        }
+                        Failure::Unavailable(why) => self.readiness.still_failing(why),
                     }
                 }
             }

@@ -119,16 +119,19 @@ impl Worker {
             ops_stop.clone(),
         ));
         let mut hold_off = Backoff::unbounded_between(HOLD_OFF.0, HOLD_OFF.1);
+        // A worker joins only once MongoDB takes its writes: one that cannot reach it (from
+        // start-up, or after giving its partitions back) takes none from those that can.
+        let mut wait = Duration::ZERO;
         let result = loop {
+            if !wait_until_writable(&shared.readiness, wait, &shutdown).await {
+                break Ok(());
+            }
             match session::run(&shared, &shutdown).await {
                 Ok(Ended::WritesRefused { stored_any, .. }) => {
                     if stored_any {
                         hold_off.reset();
                     }
-                    let wait = hold_off.next_delay();
-                    if !wait_until_writable(&shared.readiness, wait, &shutdown).await {
-                        break Ok(());
-                    }
+                    wait = hold_off.next_delay();
                 }
                 Ok(Ended::Shutdown) => break Ok(()),
                 Ok(Ended::MemberStopped) => {
@@ -175,8 +178,8 @@ async fn check_group_access(
     }
 }
 
-/// Not a member, not ready: waits `hold_off`, then until the access check passes.
-/// `false`: shutdown came first.
+/// Not a member, not ready: waits `hold_off`, then until the access check passes (at once
+/// when it passes on the first try). `false`: shutdown came first.
 async fn wait_until_writable(
     readiness: &Readiness,
     hold_off: Duration,
@@ -193,7 +196,10 @@ async fn wait_until_writable(
         wait = ACCESS_POLL;
         match readiness.access().run().await {
             Ok(()) => {
-                tracing::info!("MongoDB lets this worker write again: rejoining the group");
+                STILL_REFUSED.recovered();
+                if !hold_off.is_zero() {
+                    tracing::info!("MongoDB takes this worker's writes again: rejoining the group");
+                }
                 readiness.wrote(Writes::Accepted);
                 return true;
             }

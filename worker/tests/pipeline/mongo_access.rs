@@ -433,3 +433,158 @@ async fn refused_database_writes_are_503s_with_a_stable_code_and_no_driver_inter
     shutdown.cancel();
     let _ = server.await;
 }
+
+/// A TCP proxy to MongoDB that a test can cut (every connection closed, new ones refused)
+/// and restore, as a network partition between one worker and the database would.
+struct CuttableProxy {
+    address: String,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl CuttableProxy {
+    async fn start(upstream: String, cut: bool) -> Self {
+        use std::sync::{atomic::Ordering, Arc, Mutex};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address").to_string();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(cut));
+        let connections: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let accept = tokio::spawn({
+            let (cut, connections) = (Arc::clone(&cut), Arc::clone(&connections));
+            async move {
+                while let Ok((mut client, _)) = listener.accept().await {
+                    if cut.load(Ordering::SeqCst) {
+                        continue; // dropped: the connection is closed at once
+                    }
+                    let upstream = upstream.clone();
+                    let task = tokio::spawn(async move {
+                        if let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await {
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        }
+                    });
+                    connections.lock().expect("lock").push(task);
+                }
+            }
+        });
+        Self {
+            address,
+            cut,
+            connections,
+            accept,
+        }
+    }
+
+    /// `directConnection`: the server is a replica set member that advertises its own
+    /// address, which the driver would otherwise switch to, around the proxy.
+    fn uri(&self) -> String {
+        format!("mongodb://{}/?directConnection=true", self.address)
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for task in self.connections.lock().expect("lock").drain(..) {
+            task.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for CuttableProxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}
+
+#[tokio::test]
+async fn a_worker_cut_off_from_mongodb_holds_no_partitions_until_it_reaches_it_again() {
+    let _heavy = one_heavy_test_at_a_time().await;
+    let (kafka, mongo) = shared_servers();
+    let upstream = mongo
+        .address
+        .trim_start_matches("mongodb://")
+        .trim_end_matches('/')
+        .to_string();
+    let pipeline = Pipeline::start_on_test_kafka(kafka, &mongo.address).await;
+    let healthy = pipeline.worker();
+    wait_assigned(&[&healthy], Duration::from_secs(60)).await;
+
+    // Cut off from the start: it starts (a database may be restarting), but joins only
+    // once it reaches MongoDB, so it takes no partitions from the worker that can store.
+    let proxy = CuttableProxy::start(upstream, true).await;
+    let logs = tempfile::tempdir().expect("log dir");
+    let cut_off = pipeline.spawn_worker(
+        &[
+            ("MONGO_URI", proxy.uri().as_str()),
+            ("WORKER_GIVE_BACK_AFTER", "3s"),
+        ],
+        Some(logs.path().join("cut-off-worker.log")),
+    );
+    let (status, body, _) = wait_readiness(&cut_off, Duration::from_secs(30), |_, body| {
+        body["mongodbState"] == "unreachable"
+    })
+    .await;
+    eprintln!("[mongo-access] worker started without MongoDB: /readyz {status} {body}");
+    assert_eq!(status, 503);
+    assert_eq!(body["group"], "not a member", "{body}");
+    let mut accepted = pipeline.post_purchases(200, 8).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        cut_off.metric("worker_assigned_partitions").await,
+        Some(0.0),
+        "a worker without MongoDB took partitions"
+    );
+
+    proxy.restore();
+    let restored = Instant::now();
+    wait_readiness(&cut_off, Duration::from_secs(60), |status, _| status == 200).await;
+    eprintln!(
+        "[mongo-access] reached MongoDB: joined and ready {:.1?} later",
+        restored.elapsed()
+    );
+    wait_assigned(&[&healthy, &cut_off], Duration::from_secs(60)).await;
+    accepted.extend(pipeline.post_purchases(200, 8).await);
+
+    // A partition in the middle of the stream: it keeps its partitions through a short
+    // outage, and gives them back after WORKER_GIVE_BACK_AFTER (3 s) without a write.
+    proxy.cut();
+    let cut_at = Instant::now();
+    accepted.extend(pipeline.post_purchases(600, 8).await);
+    let (_, body, _) = wait_readiness(&cut_off, Duration::from_secs(60), |_, body| {
+        body["group"] == "not a member"
+    })
+    .await;
+    let gave_back = cut_at.elapsed();
+    eprintln!(
+        "[mongo-access] cut off mid-stream: partitions given back after {gave_back:.1?}: {body}"
+    );
+    assert_eq!(body["mongodbState"], "unreachable", "{body}");
+    let stored = pipeline
+        .wait_stored(accepted.len(), Duration::from_secs(90))
+        .await;
+    eprintln!(
+        "[mongo-access] all {} purchases stored {:.1?} after the cut",
+        accepted.len(),
+        cut_at.elapsed()
+    );
+    assert_exactly_once(&accepted, &stored);
+
+    proxy.restore();
+    wait_readiness(&cut_off, Duration::from_secs(60), |status, _| status == 200).await;
+    accepted.extend(pipeline.post_purchases(200, 8).await);
+    let stored = pipeline
+        .wait_stored(accepted.len(), Duration::from_secs(60))
+        .await;
+    assert_exactly_once(&accepted, &stored);
+    pipeline.wait_committed_to_end(Duration::from_secs(30));
+    assert!(!cut_off.log_text().contains("RawDocumentBuf"));
+    cut_off.terminate();
+    healthy.terminate();
+    pipeline.stop();
+}
