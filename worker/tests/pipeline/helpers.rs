@@ -29,11 +29,22 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
 }
 
+/// A port for a worker's ops server, free when asked. Taken below Linux's ephemeral range
+/// (32768-60999): a port the kernel hands out for port 0 is one it also gives outgoing
+/// connections, and with many workers connecting at once one of them took a port between
+/// this answer and the worker's bind.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let start = 20_000 + (std::process::id() % 1_000) as u16 * 12;
+    for _ in 0..12_000 {
+        let offset = (start - 20_000 + NEXT.fetch_add(1, Ordering::Relaxed)) % 12_000;
+        let port = 20_000 + offset;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 20000-31999")
 }
 
 /// Tests that push a stream through a fleet run one at a time: several such scenarios on two
