@@ -40,7 +40,8 @@ lint:
 # static member ids (a_static_member_restarted).
 MOCK_SKIP_GROUP := --skip members_recover_after_the_broker_restarts --skip security:: \
   --skip under_an_eager_assignor --skip under_cooperative_sticky_a_joiner --skip a_static_member_restarted
-MOCK_SKIP_PIPELINE := --skip cluster_events --skip security:: --skip broker_killed
+MOCK_SKIP_PIPELINE := --skip cluster_events --skip security:: --skip broker_killed \
+  --skip kafka_misconfiguration --skip kafka_access
 
 test: test-deps lint  ## lint, unit and integration tests against real servers (nisshi, then the 3-broker mock cluster), deployment checks
 	cargo test --workspace

@@ -3,7 +3,10 @@
 use std::{
     collections::HashMap,
     ops::RangeInclusive,
-    sync::atomic::{AtomicBool, AtomicI32, Ordering},
+    sync::{
+        atomic::{AtomicBool, AtomicI32, Ordering},
+        Arc,
+    },
     time::Duration,
 };
 
@@ -20,8 +23,10 @@ use tokio::{
     net::TcpStream,
     sync::Mutex,
 };
+use tokio_rustls::rustls;
 
 use crate::{
+    diagnosis::{self, Probe},
     error::{Error, Result},
     security::{self, Security},
 };
@@ -58,20 +63,69 @@ impl std::fmt::Debug for Connection {
 impl Connection {
     /// Connects (through TLS when configured), asks the broker which API versions it
     /// supports, and authenticates when SASL is configured: a connection this returns is
-    /// ready for any request.
+    /// ready for any request. When the broker closes the connection where a listener with
+    /// other TLS or SASL settings would, the listener is probed and a mismatch is reported
+    /// as [`Error::Mismatch`] (see `diagnosis`).
     pub async fn connect(
         address: &str,
         client_id: &str,
         request_timeout: Duration,
         security: &Security,
     ) -> Result<Self> {
-        let stream = tokio::time::timeout(request_timeout, TcpStream::connect(address))
-            .await
-            .map_err(|_| Error::Timeout(format!("connecting to {address}")))?
-            .map_err(|e| Error::Io(format!("connecting to {address}: {e}")))?;
-        stream.set_nodelay(true).ok();
-        let stream = security::wrap(stream, address, security, request_timeout).await?;
-        let mut connection = Self {
+        let probe = Probe {
+            address,
+            client_id,
+            timeout: request_timeout,
+            tls: security.tls.as_ref(),
+        };
+        let tcp = tcp_connect(address, request_timeout).await?;
+        let stream: Box<dyn Transport> = match &security.tls {
+            Some(config) => security::tls_handshake(tcp, config, &probe).await?,
+            None => Box::new(tcp),
+        };
+        let mut connection = Self::new(address, client_id, stream, request_timeout);
+        if let Err(e) = connection.negotiate_versions().await {
+            return Err(match &security.tls {
+                // A TLS listener closes at once (or answers an alert, which reads as no
+                // Kafka response); a timeout is no sign of one.
+                None if matches!(e, Error::Io(_) | Error::Decode(_)) => {
+                    diagnosis::after_plaintext_refused(&probe, e).await
+                }
+                None => e,
+                Some(_) => refused_after_handshake(e, address),
+            });
+        }
+        if let Some(sasl) = &security.sasl {
+            security::authenticate(&connection, sasl, &probe).await?;
+        }
+        Ok(connection)
+    }
+
+    /// A connection without SASL whose failures are reported as they are: what the probes
+    /// of a diagnosis use.
+    pub(crate) async fn open(
+        address: &str,
+        client_id: &str,
+        request_timeout: Duration,
+        tls: Option<&Arc<rustls::ClientConfig>>,
+    ) -> Result<Self> {
+        let tcp = tcp_connect(address, request_timeout).await?;
+        let stream: Box<dyn Transport> = match tls {
+            Some(config) => security::wrap(tcp, address, config, request_timeout).await?,
+            None => Box::new(tcp),
+        };
+        let mut connection = Self::new(address, client_id, stream, request_timeout);
+        connection.negotiate_versions().await?;
+        Ok(connection)
+    }
+
+    fn new(
+        address: &str,
+        client_id: &str,
+        stream: Box<dyn Transport>,
+        request_timeout: Duration,
+    ) -> Self {
+        Self {
             address: address.to_string(),
             client_id: StrBytes::from_string(client_id.to_string()),
             stream: Mutex::new(BufStream::new(stream)),
@@ -79,27 +133,27 @@ impl Connection {
             broken: AtomicBool::new(false),
             versions: HashMap::new(),
             request_timeout,
-        };
+        }
+    }
+
+    /// Asks which API versions the broker supports (the first request of every connection).
+    async fn negotiate_versions(&mut self) -> Result<()> {
         // Version 0 is understood by every broker; its answer lists what else is.
-        let response: ApiVersionsResponse = connection
-            .send_with_version(&ApiVersionsRequest::default(), 0, request_timeout)
-            .await
-            .map_err(|e| refused_after_handshake(e, address, security))?;
+        let response: ApiVersionsResponse = self
+            .send_with_version(&ApiVersionsRequest::default(), 0, self.request_timeout)
+            .await?;
         if let Some(error) = crate::error::protocol_error(response.error_code) {
             return Err(Error::Protocol {
                 api: "ApiVersions",
                 error,
             });
         }
-        connection.versions = response
+        self.versions = response
             .api_keys
             .iter()
             .map(|k| (k.api_key, k.min_version..=k.max_version))
             .collect();
-        if let Some(sasl) = &security.sasl {
-            security::authenticate(&connection, sasl).await?;
-        }
-        Ok(connection)
+        Ok(())
     }
 
     pub fn address(&self) -> &str {
@@ -216,6 +270,15 @@ impl Connection {
         self.broken.store(false, Ordering::Relaxed);
         strip_response_header::<R>(body, version, correlation_id)
     }
+}
+
+async fn tcp_connect(address: &str, timeout: Duration) -> Result<TcpStream> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(address))
+        .await
+        .map_err(|_| Error::Timeout(format!("connecting to {address}")))?
+        .map_err(|e| Error::Io(format!("connecting to {address}: {e}")))?;
+    stream.set_nodelay(true).ok();
+    Ok(stream)
 }
 
 fn encode_request<R: Request>(
@@ -348,9 +411,9 @@ pub(crate) fn api_name(key: i16) -> String {
 /// done, so a refusal only shows as the connection closing under the first request. Said
 /// with its likely cause, but still an I/O error: a TLS proxy whose broker is down closes
 /// the same way, and that heals by retrying.
-fn refused_after_handshake(error: Error, address: &str, security: &Security) -> Error {
-    match (&security.tls, error) {
-        (Some(_), Error::Io(cause))
+fn refused_after_handshake(error: Error, address: &str) -> Error {
+    match error {
+        Error::Io(cause)
             if [
                 "close_notify",
                 "end of file",
@@ -367,7 +430,7 @@ fn refused_after_handshake(error: Error, address: &str, security: &Security) -> 
                  or one it does not trust; a TLS proxy does it when its broker is down"
             ))
         }
-        (_, error) => error,
+        error => error,
     }
 }
 

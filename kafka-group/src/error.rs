@@ -2,6 +2,8 @@
 
 use kafka_protocol::ResponseError;
 
+use crate::diagnosis::Mismatch;
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -30,6 +32,11 @@ pub enum Error {
     /// The broker refused our SASL credentials or mechanism.
     #[error("{0}")]
     Authentication(String),
+    /// This client's TLS or SASL settings are not what the broker's listener speaks, as
+    /// probing it after a failed connection showed: TLS or plaintext, SASL or none, or the
+    /// SASL mechanism. Retrying the same settings cannot help.
+    #[error("the broker at {address} {mismatch}")]
+    Mismatch { address: String, mismatch: Mismatch },
     /// The broker's ACLs do not let this client's user do what it needs (see
     /// `authorization`). Retrying cannot help until someone grants it.
     #[error("{0}")]
@@ -57,8 +64,20 @@ impl Error {
     pub fn is_security(&self) -> bool {
         matches!(
             self,
-            Error::Tls(_) | Error::Authentication(_) | Error::NotAuthorized(_)
+            Error::Tls(_)
+                | Error::Authentication(_)
+                | Error::Mismatch { .. }
+                | Error::NotAuthorized(_)
         )
+    }
+
+    /// The broker's address and how its listener disagrees with this client's settings,
+    /// when that is what this is.
+    pub fn mismatch(&self) -> Option<(&str, &Mismatch)> {
+        match self {
+            Error::Mismatch { address, mismatch } => Some((address, mismatch)),
+            _ => None,
+        }
     }
 }
 

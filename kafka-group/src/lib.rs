@@ -62,6 +62,7 @@ mod backoff;
 mod cluster;
 mod connection;
 mod consumer_protocol;
+mod diagnosis;
 mod error;
 mod fetch;
 mod member;
@@ -72,6 +73,7 @@ mod types;
 
 pub use assignor::{Assignor, MemberSubscription};
 pub use backoff::Backoff;
+pub use diagnosis::{speaks_tls, Mismatch};
 pub use error::{Error, Result};
 pub use fetch::{FetchLimits, FetchedRecord, PartitionRecords, RecordFetcher};
 /// The broker's error codes, as [`Error::protocol`] returns them.

@@ -19,8 +19,14 @@ use tokio_rustls::{
 
 use crate::{
     connection::{Connection, Transport},
+    diagnosis::{self, Mismatch, Probe, SaslAnswer},
     error::{protocol_error, Error, Result},
 };
+
+/// How long a TLS handshake may go unanswered before the port is also asked, in plaintext,
+/// whether it speaks Kafka without TLS (see [`tls_handshake`]). Far above a handshake's
+/// round trips; asking a TLS port costs it one refused connection.
+const SLOW_HANDSHAKE: Duration = Duration::from_millis(500);
 
 /// TLS and SASL settings shared by every connection of a client. The default is plaintext
 /// without authentication.
@@ -43,9 +49,11 @@ impl fmt::Debug for Security {
 
 impl Security {
     /// Opens one connection to a bootstrap broker with these settings (TLS handshake,
-    /// ApiVersions, SASL): a start-up check that reports refused credentials or an
-    /// untrusted certificate at once, as [`Error::Tls`] or [`Error::Authentication`],
-    /// instead of after a client's retry deadline.
+    /// ApiVersions, SASL) and asks it for metadata: a start-up check that reports at once,
+    /// instead of after a client's retry deadline, refused credentials or an untrusted
+    /// certificate ([`Error::Tls`], [`Error::Authentication`]) and settings the broker's
+    /// listener does not speak ([`Error::Mismatch`]: TLS or not, SASL or not, the SASL
+    /// mechanism). Costs one connection; the listener is probed only after a failure.
     pub async fn check(
         &self,
         bootstrap: &[String],
@@ -54,13 +62,31 @@ impl Security {
     ) -> Result<()> {
         let mut last = Error::Config("no bootstrap brokers configured".into());
         for address in bootstrap {
-            match Connection::connect(address, client_id, timeout, self).await {
-                Ok(_) => return Ok(()),
+            match self.check_broker(address, client_id, timeout).await {
+                Ok(()) => return Ok(()),
                 Err(e) if e.is_security() => return Err(e),
                 Err(e) => last = e,
             }
         }
         Err(last)
+    }
+
+    async fn check_broker(&self, address: &str, client_id: &str, timeout: Duration) -> Result<()> {
+        let connection = Connection::connect(address, client_id, timeout, self).await?;
+        // A SASL listener answers ApiVersions before authentication (KIP-43) and closes the
+        // connection at any other request: only a second request shows it wants SASL.
+        match diagnosis::request_metadata(&connection).await {
+            Err(e @ Error::Io(_)) if self.sasl.is_none() => {
+                let probe = Probe {
+                    address,
+                    client_id,
+                    timeout,
+                    tls: self.tls.as_ref(),
+                };
+                Err(diagnosis::after_unauthenticated_refused(&probe, e).await)
+            }
+            result => result,
+        }
     }
 }
 
@@ -74,6 +100,12 @@ pub enum SaslMechanism {
 }
 
 impl SaslMechanism {
+    pub const ALL: [SaslMechanism; 3] = [
+        SaslMechanism::Plain,
+        SaslMechanism::ScramSha256,
+        SaslMechanism::ScramSha512,
+    ];
+
     /// The name Kafka uses in SaslHandshake.
     pub fn name(self) -> &'static str {
         match self {
@@ -109,7 +141,7 @@ impl fmt::Debug for SaslCredentials {
 
 /// The certificate check's name for `address` (`host:port` or `[v6]:port`): an IP address
 /// is matched against the certificate's IP entries, anything else against its DNS names.
-fn server_name(address: &str) -> Result<ServerName<'static>> {
+pub(crate) fn server_name(address: &str) -> Result<ServerName<'static>> {
     let host = match address.rsplit_once(':') {
         Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
         _ => address,
@@ -119,29 +151,62 @@ fn server_name(address: &str) -> Result<ServerName<'static>> {
         .map_err(|e| Error::Config(format!("{address} is not a valid TLS server name: {e}")))
 }
 
-/// Wraps `tcp` in TLS when configured; a handshake failure (an untrusted or expired
-/// certificate, a name mismatch, a plaintext listener) is an [`Error::Tls`], never retried
-/// as plaintext.
+/// The TLS handshake of a probe: a failure (an untrusted or expired certificate, a name
+/// mismatch, a plaintext listener) is an [`Error::Tls`], never retried as plaintext.
 pub(crate) async fn wrap(
     tcp: TcpStream,
     address: &str,
-    security: &Security,
+    config: &Arc<rustls::ClientConfig>,
     timeout: Duration,
 ) -> Result<Box<dyn Transport>> {
-    let Some(config) = &security.tls else {
-        return Ok(Box::new(tcp));
-    };
-    let connector = TlsConnector::from(Arc::clone(config));
-    let handshake = connector.connect(server_name(address)?, tcp);
+    let handshake = TlsConnector::from(Arc::clone(config)).connect(server_name(address)?, tcp);
     match tokio::time::timeout(timeout, handshake).await {
         Ok(Ok(stream)) => Ok(Box::new(stream)),
-        Ok(Err(e)) => Err(Error::Tls(format!(
-            "TLS handshake with {address} failed: {e}"
-        ))),
-        Err(_) => Err(Error::Tls(format!(
-            "TLS handshake with {address} timed out after {timeout:?} (is it a plaintext listener?)"
-        ))),
+        Ok(Err(e)) => Err(handshake_failed(address, &e)),
+        Err(_) => Err(handshake_timed_out(address, timeout)),
     }
+}
+
+/// The TLS handshake of a client's connection, as [`wrap`], but a port that turns out to
+/// answer Kafka in plaintext is reported as [`Mismatch::TlsNotSpoken`]. Asked after a
+/// failure that is not the broker's certificate (which proves TLS), and meanwhile when the
+/// handshake is slow: a listener without TLS reads the ClientHello (16 03 01 ..) as the size
+/// of a request of over 369 MB, which Kafka refuses at once (above socket.request.max.bytes,
+/// NetworkReceive's InvalidReceiveException) but nisshi 0.7 waits for until the timeout.
+pub(crate) async fn tls_handshake(
+    tcp: TcpStream,
+    config: &Arc<rustls::ClientConfig>,
+    probe: &Probe<'_>,
+) -> Result<Box<dyn Transport>> {
+    let address = probe.address;
+    let handshake = TlsConnector::from(Arc::clone(config)).connect(server_name(address)?, tcp);
+    let handshake = tokio::time::timeout(probe.timeout, handshake);
+    tokio::pin!(handshake);
+    let answers_plaintext = async {
+        tokio::time::sleep(SLOW_HANDSHAKE.min(probe.timeout)).await;
+        probe.speaks_plaintext_kafka().await
+    };
+    let outcome = tokio::select! {
+        outcome = &mut handshake => outcome,
+        // A `false` disables this branch: the handshake goes on to its own end.
+        true = answers_plaintext => return Err(probe.mismatch(Mismatch::TlsNotSpoken)),
+    };
+    match outcome {
+        Ok(Ok(stream)) => Ok(Box::new(stream)),
+        Ok(Err(e)) if diagnosis::proves_tls(&e) => Err(handshake_failed(address, &e)),
+        Ok(Err(e)) => Err(diagnosis::after_tls_refused(probe, handshake_failed(address, &e)).await),
+        Err(_) => Err(handshake_timed_out(address, probe.timeout)),
+    }
+}
+
+fn handshake_failed(address: &str, error: &std::io::Error) -> Error {
+    Error::Tls(format!("TLS handshake with {address} failed: {error}"))
+}
+
+fn handshake_timed_out(address: &str, timeout: Duration) -> Error {
+    Error::Tls(format!(
+        "TLS handshake with {address} timed out after {timeout:?} (is it a plaintext listener?)"
+    ))
 }
 
 const HANDSHAKE_VERSIONS: std::ops::RangeInclusive<i16> = 1..=1;
@@ -149,7 +214,12 @@ const AUTHENTICATE_VERSIONS: std::ops::RangeInclusive<i16> = 0..=2;
 
 /// Runs the SASL exchange on a fresh connection: SaslHandshake names the mechanism, then
 /// SaslAuthenticate carries the mechanism's messages (computed by `rsasl`) until it ends.
-pub(crate) async fn authenticate(connection: &Connection, sasl: &SaslCredentials) -> Result<()> {
+/// A listener without SASL, or without this mechanism, is an [`Error::Mismatch`].
+pub(crate) async fn authenticate(
+    connection: &Connection,
+    sasl: &SaslCredentials,
+    probe: &Probe<'_>,
+) -> Result<()> {
     let address = connection.address();
     let mechanism = sasl.mechanism.name();
     let refused = |why: String| {
@@ -159,25 +229,42 @@ pub(crate) async fn authenticate(connection: &Connection, sasl: &SaslCredentials
         ))
     };
     let version = connection.version::<SaslHandshakeRequest>(HANDSHAKE_VERSIONS)?;
-    let handshake = connection
+    let handshake = match connection
         .send(
             &SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str(mechanism)),
             version,
         )
         .await
-        // Some brokers (nisshi 0.7) hang up on a mechanism they do not offer.
-        .map_err(|e| match e {
-            Error::Io(cause) => refused(format!(
-                "the broker closed the connection at the SaslHandshake ({cause}); it may not offer {mechanism}"
-            )),
-            other => other,
-        })?;
+    {
+        Ok(handshake) => handshake,
+        // nisshi 0.7 hangs up on a mechanism it does not offer; a listener without SASL may.
+        Err(e @ Error::Io(_)) => {
+            let error = refused(format!(
+                "the broker closed the connection at the SaslHandshake ({e}); it may not offer {mechanism}"
+            ));
+            return Err(diagnosis::after_handshake_hang_up(probe, sasl.mechanism, error).await);
+        }
+        Err(e) => return Err(e),
+    };
     if let Some(error) = protocol_error(handshake.error_code) {
-        let offered: Vec<&str> = handshake.mechanisms.iter().map(|m| m.as_str()).collect();
-        return Err(refused(format!(
-            "{error} (the broker offers {})",
-            offered.join(", ")
-        )));
+        let offered: Vec<String> = handshake
+            .mechanisms
+            .iter()
+            .map(|m| m.as_str().to_string())
+            .collect();
+        return Err(
+            match SaslAnswer::classify(mechanism, handshake.error_code, &offered) {
+                SaslAnswer::NotEnabled => probe.mismatch(Mismatch::SaslNotEnabled),
+                SaslAnswer::Offers(offered) => probe.mismatch(Mismatch::MechanismNotOffered {
+                    mechanism: sasl.mechanism,
+                    offered,
+                }),
+                SaslAnswer::Unclear => refused(format!(
+                    "{error} (the broker offers {})",
+                    diagnosis::listing(&offered)
+                )),
+            },
+        );
     }
 
     let config = SASLConfig::with_credentials(None, sasl.username.clone(), sasl.password.clone())

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use kafka_group::{keda_desired_replicas, GroupAdmin};
+use kafka_group::{keda_desired_replicas, GroupAdmin, Security};
 use purchase::kafka_security::{self, KafkaSecurityError};
 use serde::Serialize;
 
@@ -31,30 +31,43 @@ pub struct PartitionLag {
 
 pub struct LagReader {
     admin: GroupAdmin,
+    security: Security,
     args: LagArgs,
 }
+
+const CLIENT_ID: &str = "scalable-shop-load";
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl LagReader {
     /// Fails when the Kafka security flags are inconsistent or name unreadable files.
     pub fn new(args: LagArgs) -> Result<Self, KafkaSecurityError> {
         let security = kafka_security::resolve(&args.events.security)?;
         Ok(Self {
-            admin: GroupAdmin::new(
-                args.events.brokers.clone(),
-                "scalable-shop-load",
-                Duration::from_secs(5),
-            )
-            .with_security(security),
+            admin: GroupAdmin::new(args.events.brokers.clone(), CLIENT_ID, REQUEST_TIMEOUT)
+                .with_security(security.clone()),
+            security,
             args,
         })
     }
 
     pub async fn read(&self) -> kafka_group::Result<LagSnapshot> {
         let (group, topic) = (&self.args.group, &self.args.events.topic);
-        let lags = self
+        let lags = match self
             .admin
             .lag(&group.group_id, topic, group.offset_reset)
-            .await?;
+            .await
+        {
+            Ok(lags) => lags,
+            // A closed connection may be TLS or SASL settings the brokers' listener does not
+            // speak: the security check probes for that and names it.
+            Err(e) if e.is_connection() => {
+                self.security
+                    .check(&self.args.events.brokers, CLIENT_ID, REQUEST_TIMEOUT)
+                    .await?;
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         let total = lags.iter().map(|l| l.lag).sum();
         Ok(LagSnapshot {
             group: group.group_id.clone(),

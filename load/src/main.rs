@@ -23,12 +23,15 @@ async fn main() -> anyhow::Result<()> {
         let reader = LagReader::new(lag).context("invalid Kafka security settings")?;
         loop {
             let snapshot = reader.read().await.map_err(|e| {
-                let hint = if e.is_security() {
-                    "check the --kafka-sasl-* and --kafka-tls-* settings"
+                let hint = if e.mismatch().is_some() {
+                    "" // says which flags to change itself
+                } else if e.is_security() {
+                    " (check the --kafka-sasl-* and --kafka-tls-* settings)"
                 } else {
-                    "set --kafka-brokers or KAFKA_BROKERS"
+                    " (set --kafka-brokers or KAFKA_BROKERS)"
                 };
-                anyhow::anyhow!("cannot read the group's lag from Kafka at {brokers}: {e} ({hint})")
+                let e = purchase::kafka_security::explain(&e);
+                anyhow::anyhow!("cannot read the group's lag from Kafka at {brokers}: {e}{hint}")
             })?;
             if json {
                 println!("{}", serde_json::to_string(&snapshot)?);

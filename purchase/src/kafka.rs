@@ -20,8 +20,9 @@ use crate::{config::KafkaArgs, kafka_security};
 /// Why no Kafka client could be made.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    /// The brokers refused our TLS or SASL settings; retrying cannot help.
-    #[error(transparent)]
+    /// The brokers refused our TLS or SASL settings, or their listener speaks other ones;
+    /// retrying cannot help. Said with the flags to change.
+    #[error("{}", kafka_security::explain(.0))]
     Security(kafka_group::Error),
     #[error(transparent)]
     Kafka(#[from] KafkaError),
@@ -36,22 +37,20 @@ pub enum ConnectError {
 
 /// Builds a client whose retries give up after `retry_deadline`, so no caller can hang on a
 /// dead broker (rskafka's default retries forever). `security` is what
-/// [`kafka_security::resolve`] made of `args.events.security`; with TLS or SASL on, one
-/// connection is tried first, so refused credentials or an untrusted certificate are
-/// reported at once and by name instead of after rskafka's retry deadline.
+/// [`kafka_security::resolve`] made of `args.events.security`. One connection is made first
+/// ([`Security::check`]: TLS, ApiVersions, SASL and a Metadata request), so refused
+/// credentials, an untrusted certificate, or TLS and SASL settings the brokers' listener
+/// does not speak are reported at once and by name instead of after rskafka's retry
+/// deadline as an "early eof".
 pub async fn connect(args: &KafkaArgs, security: &Security) -> Result<Client, ConnectError> {
-    let mut check = None;
-    if security.tls.is_some() || security.sasl.is_some() {
-        if let Err(e) = security
-            .check(&args.events.brokers, &args.client_id, args.retry_deadline)
-            .await
-        {
-            if e.is_security() {
-                return Err(ConnectError::Security(e));
-            }
-            check = Some(e);
-        }
-    }
+    let check = match security
+        .check(&args.events.brokers, &args.client_id, args.retry_deadline)
+        .await
+    {
+        Ok(()) => None,
+        Err(e) if e.is_security() => return Err(ConnectError::Security(e)),
+        Err(e) => Some(e),
+    };
     let builder = ClientBuilder::new(args.events.brokers.clone());
     kafka_security::secure(builder, security)
         .client_id(args.client_id.as_str())

@@ -11,7 +11,7 @@ use kafka_group::{
         pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer},
         RootCertStore,
     },
-    SaslCredentials, SaslMechanism, Security,
+    Mismatch, SaslCredentials, SaslMechanism, Security,
 };
 use rskafka::client::{ClientBuilder, Credentials, SaslConfig};
 
@@ -67,6 +67,60 @@ pub fn secure(mut builder: ClientBuilder, security: &Security) -> ClientBuilder 
         });
     }
     builder
+}
+
+/// What a Kafka error says, and for settings the broker's listener does not speak, which
+/// flags to change (kafka-group's own wording knows no flags).
+pub fn explain(error: &kafka_group::Error) -> String {
+    match error.mismatch() {
+        Some((address, mismatch)) => explain_mismatch(address, mismatch),
+        None => error.to_string(),
+    }
+}
+
+fn explain_mismatch(address: &str, mismatch: &Mismatch) -> String {
+    let broker = format!("the broker at {address}");
+    match mismatch {
+        Mismatch::TlsExpected => format!(
+            "{broker} expects TLS: add --kafka-tls (KAFKA_TLS=true), and --kafka-tls-ca-file \
+             (KAFKA_TLS_CA_FILE) unless a public CA signed its certificate"
+        ),
+        Mismatch::TlsNotSpoken => format!(
+            "{broker} does not speak TLS on this port (it answered in plaintext): drop \
+             --kafka-tls (KAFKA_TLS=false) or use its TLS port"
+        ),
+        Mismatch::SaslExpected { offered } => format!(
+            "{broker} expects SASL authentication (it offers {}): set --kafka-sasl-mechanism \
+             (KAFKA_SASL_MECHANISM), --kafka-sasl-username (KAFKA_SASL_USERNAME) and \
+             --kafka-sasl-password-file (KAFKA_SASL_PASSWORD_FILE){}",
+            offered.join(", "),
+            unspoken(offered)
+        ),
+        Mismatch::SaslNotEnabled => format!(
+            "{broker} does not use SASL authentication on this port: drop \
+             --kafka-sasl-mechanism and --kafka-sasl-username (KAFKA_SASL_MECHANISM, \
+             KAFKA_SASL_USERNAME) or use its SASL port"
+        ),
+        Mismatch::MechanismNotOffered { mechanism, offered } => format!(
+            "{broker} does not offer SASL mechanism {mechanism} (it offers: {}): set \
+             --kafka-sasl-mechanism (KAFKA_SASL_MECHANISM) to one of those{}",
+            offered.join(", "),
+            unspoken(offered)
+        ),
+    }
+}
+
+/// A note when none of the mechanisms a broker offers is one this client speaks.
+fn unspoken(offered: &[String]) -> String {
+    let ours = SaslMechanism::ALL.map(SaslMechanism::name);
+    if offered.iter().any(|m| ours.contains(&m.as_str())) {
+        String::new()
+    } else {
+        format!(
+            "; this client speaks only {}, so the broker needs one of them enabled",
+            ours.join(", ")
+        )
+    }
 }
 
 /// A one-line description for the start-up log (never the password).
@@ -265,6 +319,63 @@ mod tests {
         let security = resolve(&args).expect("valid");
         assert!(security.tls.is_some());
         assert_eq!(describe(&security), "TLS, no SASL");
+    }
+
+    fn mismatch(mismatch: Mismatch) -> String {
+        explain(&kafka_group::Error::Mismatch {
+            address: "kafka-0:9093".into(),
+            mismatch,
+        })
+    }
+
+    #[test]
+    fn a_listener_mismatch_names_the_broker_and_the_flags_to_change() {
+        let tls = mismatch(Mismatch::TlsExpected);
+        assert!(
+            tls.starts_with(
+                "the broker at kafka-0:9093 expects TLS: add --kafka-tls (KAFKA_TLS=true)"
+            ),
+            "{tls}"
+        );
+        assert!(mismatch(Mismatch::TlsNotSpoken).contains("drop --kafka-tls"));
+        let sasl = mismatch(Mismatch::SaslExpected {
+            offered: vec!["SCRAM-SHA-512".into()],
+        });
+        assert!(
+            sasl.contains(
+                "expects SASL authentication (it offers SCRAM-SHA-512): set --kafka-sasl-mechanism"
+            ),
+            "{sasl}"
+        );
+        assert!(!sasl.contains("speaks only"), "{sasl}");
+        assert!(mismatch(Mismatch::SaslNotEnabled).contains("drop --kafka-sasl-mechanism"));
+        let mechanism = mismatch(Mismatch::MechanismNotOffered {
+            mechanism: SaslMechanism::ScramSha256,
+            offered: vec!["PLAIN".into(), "SCRAM-SHA-512".into()],
+        });
+        assert!(
+            mechanism.contains(
+                "does not offer SASL mechanism SCRAM-SHA-256 (it offers: PLAIN, SCRAM-SHA-512)"
+            ),
+            "{mechanism}"
+        );
+    }
+
+    #[test]
+    fn mechanisms_this_client_cannot_speak_are_said_so() {
+        let text = mismatch(Mismatch::SaslExpected {
+            offered: vec!["GSSAPI".into(), "OAUTHBEARER".into()],
+        });
+        assert!(
+            text.contains("this client speaks only PLAIN, SCRAM-SHA-256, SCRAM-SHA-512"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn other_errors_keep_their_own_words() {
+        let error = kafka_group::Error::Authentication("refused".into());
+        assert_eq!(explain(&error), "refused");
     }
 
     #[test]

@@ -11,15 +11,11 @@
 
 use std::{fmt, sync::Arc, time::Duration};
 
+use kafka_group::speaks_tls;
 use mongodb::{
     bson::{doc, Document},
     options::{ClientOptions, Tls},
     Database,
-};
-use tokio::net::TcpStream;
-use tokio_rustls::{
-    rustls::{self, pki_types::ServerName, RootCertStore},
-    TlsConnector,
 };
 
 use super::failure::{describe, Failure};
@@ -251,41 +247,5 @@ impl AccessCheck {
 fn failure_detail(failure: &Failure) -> String {
     match failure {
         Failure::Unavailable(d) | Failure::Refused { description: d, .. } => d.clone(),
-    }
-}
-
-/// Whether `host` (`name:port`) answers a TLS handshake. The handshake trusts no
-/// certificate, so it never completes: a certificate error proves the server speaks TLS;
-/// a closed connection, a non-TLS answer, or silence (a MongoDB reads the ClientHello as
-/// the start of a 30 MB message and waits for the rest) proves it does not. Each step is
-/// bounded by `timeout`. `None`: no TCP connection.
-pub async fn speaks_tls(host: &str, timeout: Duration) -> Option<bool> {
-    let (name, _) = host.rsplit_once(':')?;
-    let name = ServerName::try_from(name.trim_matches(['[', ']']).to_string()).ok()?;
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .ok()?
-    .with_root_certificates(RootCertStore::empty())
-    .with_no_client_auth();
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(host))
-        .await
-        .ok()?
-        .ok()?;
-    let handshake = TlsConnector::from(Arc::new(config)).connect(name, stream);
-    match tokio::time::timeout(timeout, handshake).await {
-        Err(_) => Some(false),
-        Ok(Ok(_)) => Some(true),
-        Ok(Err(e)) => Some(matches!(
-            e.get_ref()
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
-            Some(
-                rustls::Error::InvalidCertificate(_)
-                    | rustls::Error::AlertReceived(_)
-                    | rustls::Error::PeerIncompatible(_)
-                    | rustls::Error::NoCertificatesPresented
-            )
-        )),
     }
 }

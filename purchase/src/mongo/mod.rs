@@ -4,7 +4,7 @@
 mod access;
 mod failure;
 
-pub use access::{speaks_tls, AccessCheck, Endpoint, Need, Operation, Problem};
+pub use access::{AccessCheck, Endpoint, Need, Operation, Problem};
 pub use failure::{describe, Failure};
 
 use mongodb::{

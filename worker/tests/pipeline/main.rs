@@ -13,6 +13,7 @@ mod delivery;
 mod exit;
 mod fleet;
 mod kafka_access;
+mod kafka_misconfiguration;
 mod mongo_access;
 mod pacing;
 mod scale;
