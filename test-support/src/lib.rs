@@ -8,6 +8,7 @@ use std::{
 
 pub mod kafka;
 pub mod mock_cluster;
+pub mod proxy;
 pub mod secured;
 pub mod tokens;
 

@@ -26,6 +26,11 @@ use crate::{
     sink::Sink,
 };
 
+/// A batch write may take server selection (`--mongo-timeout`) plus the write concern's wait
+/// (`--mongo-write-timeout`) plus this, for the transfer and the work, before it counts as
+/// failed.
+const WRITE_SLACK: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Fetched batches waiting for the sink; when full, fetchers wait (backpressure).
 const SINK_QUEUE: usize = 64;
 
@@ -84,6 +89,7 @@ pub async fn run(shared: &Shared, shutdown: &CancellationToken) -> anyhow::Resul
             max_documents: config.batch.max_documents.max(1),
             abandon: abandon.clone(),
             readiness: Arc::clone(readiness),
+            write_timeout: config.mongo.timeout + config.mongo.write_concern.timeout + WRITE_SLACK,
         }
         .run(inbox),
     );

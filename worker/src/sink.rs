@@ -53,6 +53,8 @@ pub struct Sink {
     pub abandon: CancellationToken,
     /// Told whether writes are accepted or refused (a refusal gives the partitions back).
     pub readiness: Arc<Readiness>,
+    /// The longest one write may take before it counts as failed (no answer).
+    pub write_timeout: Duration,
 }
 
 #[derive(Default)]
@@ -189,7 +191,15 @@ impl Sink {
         loop {
             let started = Instant::now();
             let started_at = SystemTime::now();
-            let result = self.purchases.insert_many(&documents).ordered(false).await;
+            // The driver has no socket timeout: a connection whose packets vanish (a
+            // black-holed route) would hold this write, and the partitions, forever. A write
+            // cut short may still land; a retry then meets duplicate keys, which is fine.
+            let result = tokio::time::timeout(
+                self.write_timeout,
+                self.purchases.insert_many(&documents).ordered(false),
+            )
+            .await
+            .unwrap_or_else(|_| Err(no_answer_within(self.write_timeout)));
             self.metrics
                 .write_duration
                 .observe(started.elapsed().as_secs_f64());
@@ -338,6 +348,14 @@ fn classify(
             }
         }
     }
+}
+
+fn no_answer_within(timeout: Duration) -> mongodb::error::Error {
+    ErrorKind::Io(Arc::new(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("no answer to the write within {timeout:?}"),
+    )))
+    .into()
 }
 
 /// The result of the commit in flight, once it is done (`None`: none, or its task died).

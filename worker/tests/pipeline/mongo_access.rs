@@ -14,6 +14,7 @@ use clap::Parser;
 use mongodb::bson::doc;
 use serde_json::{json, Value};
 use test_support::{
+    proxy::{Link, TcpProxy},
     secured::{MONGO_PASSWORD, MONGO_USER},
     shared_servers, InfraServer, TestCertificates,
 };
@@ -324,13 +325,15 @@ async fn a_worker_whose_writes_are_refused_gives_its_partitions_back_and_rejoins
         .set_role(&pipeline.database, "writer", "readWrite", true)
         .await;
     let granted = Instant::now();
-    let (_, body, _) =
-        wait_readiness(&refused, Duration::from_secs(90), |status, _| status == 200).await;
+    // Ready, and (under cooperative-sticky, after the second rebalance) owning a share.
+    let (_, body, _) = wait_readiness(&refused, Duration::from_secs(90), |status, body| {
+        status == 200 && body["partitions"].as_u64().unwrap_or(0) > 0
+    })
+    .await;
     eprintln!(
-        "[mongo-access] ready again {:.1?} after the grant: {body}",
+        "[mongo-access] ready again and owning partitions {:.1?} after the grant: {body}",
         granted.elapsed()
     );
-    assert!(body["partitions"].as_u64().unwrap_or(0) > 0, "{body}");
     let more = pipeline.post_purchases(200, 8).await;
     accepted.extend(more);
     let stored = pipeline
@@ -434,76 +437,9 @@ async fn refused_database_writes_are_503s_with_a_stable_code_and_no_driver_inter
     let _ = server.await;
 }
 
-/// A TCP proxy to MongoDB that a test can cut (every connection closed, new ones refused)
-/// and restore, as a network partition between one worker and the database would.
-struct CuttableProxy {
-    address: String,
-    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
-    accept: tokio::task::JoinHandle<()>,
-}
-
-impl CuttableProxy {
-    async fn start(upstream: String, cut: bool) -> Self {
-        use std::sync::{atomic::Ordering, Arc, Mutex};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let address = listener.local_addr().expect("address").to_string();
-        let cut = Arc::new(std::sync::atomic::AtomicBool::new(cut));
-        let connections: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
-        let accept = tokio::spawn({
-            let (cut, connections) = (Arc::clone(&cut), Arc::clone(&connections));
-            async move {
-                while let Ok((mut client, _)) = listener.accept().await {
-                    if cut.load(Ordering::SeqCst) {
-                        continue; // dropped: the connection is closed at once
-                    }
-                    let upstream = upstream.clone();
-                    let task = tokio::spawn(async move {
-                        if let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await {
-                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                        }
-                    });
-                    connections.lock().expect("lock").push(task);
-                }
-            }
-        });
-        Self {
-            address,
-            cut,
-            connections,
-            accept,
-        }
-    }
-
-    /// `directConnection`: the server is a replica set member that advertises its own
-    /// address, which the driver would otherwise switch to, around the proxy.
-    fn uri(&self) -> String {
-        format!("mongodb://{}/?directConnection=true", self.address)
-    }
-
-    fn cut(&self) {
-        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
-        for task in self.connections.lock().expect("lock").drain(..) {
-            task.abort();
-        }
-    }
-
-    fn restore(&self) {
-        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-impl Drop for CuttableProxy {
-    fn drop(&mut self) {
-        self.cut();
-        self.accept.abort();
-    }
-}
-
 #[tokio::test]
-async fn a_worker_cut_off_from_mongodb_holds_no_partitions_until_it_reaches_it_again() {
+async fn a_worker_cut_off_from_mongodb_or_black_holed_holds_no_partitions_until_it_reaches_it_again(
+) {
     let _heavy = one_heavy_test_at_a_time().await;
     let (kafka, mongo) = shared_servers();
     let upstream = mongo
@@ -517,12 +453,17 @@ async fn a_worker_cut_off_from_mongodb_holds_no_partitions_until_it_reaches_it_a
 
     // Cut off from the start: it starts (a database may be restarting), but joins only
     // once it reaches MongoDB, so it takes no partitions from the worker that can store.
-    let proxy = CuttableProxy::start(upstream, true).await;
+    let proxy = TcpProxy::start(upstream, Link::Cut).await;
+    // `directConnection`: the server is a replica set member that advertises its own
+    // address, which the driver would otherwise switch to, around the proxy.
+    let uri = format!("mongodb://{}/?directConnection=true", proxy.address());
     let logs = tempfile::tempdir().expect("log dir");
     let cut_off = pipeline.spawn_worker(
         &[
-            ("MONGO_URI", proxy.uri().as_str()),
+            ("MONGO_URI", uri.as_str()),
             ("WORKER_GIVE_BACK_AFTER", "3s"),
+            // A write with no answer fails after 2 + 1 + 10 s (the worker's slack).
+            ("MONGO_WRITE_TIMEOUT", "1s"),
         ],
         Some(logs.path().join("cut-off-worker.log")),
     );
@@ -541,7 +482,7 @@ async fn a_worker_cut_off_from_mongodb_holds_no_partitions_until_it_reaches_it_a
         "a worker without MongoDB took partitions"
     );
 
-    proxy.restore();
+    proxy.set(Link::Open);
     let restored = Instant::now();
     wait_readiness(&cut_off, Duration::from_secs(60), |status, _| status == 200).await;
     eprintln!(
@@ -553,7 +494,7 @@ async fn a_worker_cut_off_from_mongodb_holds_no_partitions_until_it_reaches_it_a
 
     // A partition in the middle of the stream: it keeps its partitions through a short
     // outage, and gives them back after WORKER_GIVE_BACK_AFTER (3 s) without a write.
-    proxy.cut();
+    proxy.set(Link::Cut);
     let cut_at = Instant::now();
     accepted.extend(pipeline.post_purchases(600, 8).await);
     let (_, body, _) = wait_readiness(&cut_off, Duration::from_secs(60), |_, body| {
@@ -575,7 +516,30 @@ async fn a_worker_cut_off_from_mongodb_holds_no_partitions_until_it_reaches_it_a
     );
     assert_exactly_once(&accepted, &stored);
 
-    proxy.restore();
+    proxy.set(Link::Open);
+    wait_readiness(&cut_off, Duration::from_secs(60), |status, _| status == 200).await;
+    wait_assigned(&[&healthy, &cut_off], Duration::from_secs(60)).await;
+    accepted.extend(pipeline.post_purchases(200, 8).await);
+
+    // A black hole: connections stay open and nothing comes back, so only the worker's own
+    // bound on a write (the driver has no socket timeout) ends the wait.
+    proxy.set(Link::BlackHole);
+    let silenced = Instant::now();
+    accepted.extend(pipeline.post_purchases(600, 8).await);
+    let (_, body, _) = wait_readiness(&cut_off, Duration::from_secs(90), |_, body| {
+        body["group"] == "not a member"
+    })
+    .await;
+    eprintln!(
+        "[mongo-access] black hole mid-stream: partitions given back after {:.1?}: {body}",
+        silenced.elapsed()
+    );
+    let stored = pipeline
+        .wait_stored(accepted.len(), Duration::from_secs(90))
+        .await;
+    assert_exactly_once(&accepted, &stored);
+
+    proxy.set(Link::Open);
     wait_readiness(&cut_off, Duration::from_secs(60), |status, _| status == 200).await;
     accepted.extend(pipeline.post_purchases(200, 8).await);
     let stored = pipeline
