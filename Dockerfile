@@ -9,6 +9,7 @@ WORKDIR /src
 # and poem are pure Rust with rustls.
 COPY Cargo.toml Cargo.lock ./
 COPY purchase purchase
+COPY infra infra
 COPY kafka-group kafka-group
 COPY gateway gateway
 COPY worker worker

@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
-use purchase::config::{parse_duration, KafkaArgs, MongoArgs, TelemetryArgs};
+use infra::config::{parse_duration, KafkaArgs, MongoArgs, TelemetryArgs};
 
 #[derive(Debug, Parser)]
 #[command(

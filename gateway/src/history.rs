@@ -1,12 +1,16 @@
 //! Purchase history reads, straight from MongoDB: they never wait on the worker fleet.
 
 use futures::TryStreamExt;
+use infra::mongo::{
+    self,
+    document::{self, fields},
+};
 use mongodb::{
     bson::{doc, Document},
     options::FindOptions,
     Collection, Database,
 };
-use purchase::{document::fields, mongo, PurchaseDocument, PurchaseEvent};
+use purchase::PurchaseEvent;
 use uuid::Uuid;
 
 /// Whose purchases to read.
@@ -107,7 +111,7 @@ impl History {
 /// A document that does not match the contract is logged and left out rather than failing
 /// the whole page: one bad row must not hide a user's other purchases.
 fn decode(document: &Document) -> Option<PurchaseEvent> {
-    PurchaseDocument::to_event(document)
+    document::to_event(document)
         .map_err(|e| tracing::error!(error = %e, "skipping malformed purchase document"))
         .ok()
 }

@@ -15,6 +15,7 @@
 use std::{borrow::Cow, collections::HashMap, time::Duration};
 
 use futures::TryStreamExt;
+use infra::mongo::{self, document, Failure};
 use mongodb::{
     bson::{doc, DateTime as BsonDateTime, Document},
     error::ErrorKind,
@@ -25,10 +26,7 @@ use poem_openapi::{
     registry::{MetaSchema, MetaSchemaRef},
     types::{ParseError, ParseFromParameter, ParseResult, Type},
 };
-use purchase::{
-    mongo::{self, Failure},
-    NewPurchase, PurchaseDocument, PurchaseEvent,
-};
+use purchase::{NewPurchase, PurchaseEvent};
 use tokio::sync::{mpsc, oneshot};
 
 pub const IDEMPOTENCY_KEY_HEADER: &str = "Idempotency-Key";
@@ -235,7 +233,7 @@ async fn write_batch(
     let documents = batch.iter().map(|p| {
         doc! {
             "_id": &p.id,
-            "event": PurchaseDocument::from_event(&p.event),
+            "event": document::from_event(&p.event),
             "createdAt": now,
         }
     });
@@ -305,7 +303,7 @@ async fn stored_reservations(
         let event = document
             .get_document("event")
             .map_err(|e| e.to_string())
-            .and_then(|d| PurchaseDocument::to_event(d).map_err(|e| e.to_string()))
+            .and_then(|d| document::to_event(d).map_err(|e| e.to_string()))
             .map_err(|e| mongodb::error::Error::custom(format!("reservation {id}: {e}")))?;
         found.insert(id, event);
     }

@@ -13,7 +13,7 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let _traces =
-        purchase::telemetry::init(&cli.config.telemetry, "gateway").map_err(anyhow::Error::msg)?;
-    let shutdown = purchase::shutdown::on_signal();
+        infra::telemetry::init(&cli.config.telemetry, "gateway").map_err(anyhow::Error::msg)?;
+    let shutdown = infra::shutdown::on_signal();
     Application::build(cli.config).await?.run(shutdown).await
 }

@@ -3,10 +3,10 @@
 
 use std::time::Instant;
 
+use infra::metrics;
 use poem::{Endpoint, IntoResponse, Request, Response};
 use poem_openapi::OperationId;
 use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, Registry};
-use purchase::metrics;
 
 use crate::{auth::Reason, error::render_error};
 

@@ -20,11 +20,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use infra::{cause_log::CauseLog, kafka::Backoff, traces};
 use opentelemetry::{
     trace::{SpanKind, Status, TraceContextExt, Tracer},
     Context, KeyValue,
 };
-use purchase::{cause_log::CauseLog, kafka::Backoff, traces, PurchaseEvent};
+use purchase::PurchaseEvent;
 use rskafka::{
     client::{
         error::{Error as KafkaError, ProtocolError},
@@ -192,7 +193,13 @@ impl PurchaseProducer {
     /// The record carries the trace context of the caller's request on: the context of this
     /// send's own span when spans are exported, else the caller's `traceparent` as it came.
     pub async fn send(&self, event: &PurchaseEvent) -> Result<Delivery, ProduceError> {
-        let (partition, mut record) = event.to_record(self.queues.len() as i32);
+        let (partition, event_record) = event.to_record(self.queues.len() as i32);
+        let mut record = Record {
+            key: Some(event_record.key),
+            value: Some(event_record.value),
+            headers: event_record.headers,
+            timestamp: event_record.timestamp,
+        };
         let send_span = traces::exporting().then(|| self.send_span(event, partition));
         let carried = send_span.clone().unwrap_or_else(Context::current);
         record.headers.extend(

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use infra::traces;
 use opentelemetry::{
     context::FutureExt,
     trace::{SpanKind, Status, TraceContextExt, Tracer},
@@ -12,7 +13,6 @@ use opentelemetry::{
 };
 use poem::{Endpoint, IntoResponse, Request, Response};
 use poem_openapi::OperationId;
-use purchase::traces;
 
 const UNTRACED: &[&str] = &["/", "/healthz", "/readyz", "/metrics", "/openapi.json"];
 

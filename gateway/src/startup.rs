@@ -4,14 +4,14 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
+use infra::{
+    kafka, kafka_security,
+    mongo::{self, Need},
+};
 use poem::{
     endpoint::make_sync,
     listener::{Acceptor, Listener, TcpAcceptor, TcpListener},
     EndpointExt, Route,
-};
-use purchase::{
-    kafka, kafka_security,
-    mongo::{self, Need},
 };
 use tokio_util::sync::CancellationToken;
 
@@ -31,7 +31,7 @@ use crate::{
 /// What the gateway does in MongoDB: read purchases (history), and find and insert
 /// idempotency keys.
 const MONGO_NEEDS: &[Need] = &[
-    Need::find(purchase::document::COLLECTION),
+    Need::find(infra::mongo::document::COLLECTION),
     Need::find(idempotency::COLLECTION),
     Need::insert(idempotency::COLLECTION),
 ];

@@ -3,8 +3,8 @@
 
 use std::{sync::Arc, time::Duration};
 
+use infra::{kafka::TopicAdmin, mongo::AccessCheck};
 use mongodb::Database;
-use purchase::{kafka::TopicAdmin, mongo::AccessCheck};
 
 use crate::{
     auth::Authenticator, history::History, idempotency::Reservations, metrics::Metrics,
@@ -17,7 +17,7 @@ pub struct AppState {
     pub reservations: Reservations,
     pub auth: Arc<Authenticator>,
     /// Readiness asks it whether the topic is there (not the producer's client: see
-    /// `purchase::kafka::topic_admin`).
+    /// `infra::kafka::topic_admin`).
     pub topics: TopicAdmin,
     pub topic: String,
     pub db: Database,

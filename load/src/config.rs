@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use purchase::config::{parse_duration, ConsumerGroupArgs, EventTopicArgs};
+use infra::config::{parse_duration, ConsumerGroupArgs, EventTopicArgs};
 
 use crate::schedule::Schedule;
 

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
+use infra::kafka_security::{self, KafkaSecurityError};
 use kafka_group::{keda_desired_replicas, GroupAdmin, Security};
-use purchase::kafka_security::{self, KafkaSecurityError};
 use serde::Serialize;
 
 use crate::config::LagArgs;

@@ -30,7 +30,7 @@ async fn main() -> anyhow::Result<()> {
                 } else {
                     " (set --kafka-brokers or KAFKA_BROKERS)"
                 };
-                let e = purchase::kafka_security::explain(&e);
+                let e = infra::kafka_security::explain(&e);
                 anyhow::anyhow!("cannot read the group's lag from Kafka at {brokers}: {e}{hint}")
             })?;
             if json {

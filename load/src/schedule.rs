@@ -46,7 +46,7 @@ impl Schedule {
                 let (duration, rate) = part
                     .split_once(':')
                     .ok_or_else(|| format!("stage {part:?} is not DURATION:RATE, e.g. 30s:100"))?;
-                let duration = purchase::config::parse_duration(duration.trim())
+                let duration = infra::config::parse_duration(duration.trim())
                     .map_err(|e| format!("stage {part:?}: duration {e}"))?;
                 if duration.is_zero() {
                     return Err(format!("stage {part:?}: duration must be longer than 0"));

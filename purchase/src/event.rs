@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
-use rskafka::record::Record;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -23,6 +22,16 @@ pub mod cloudevents {
     pub const SOURCE: &str = "/scalable-shop/gateway";
     /// What happened, with the value's schema version.
     pub const TYPE: &str = "scalable-shop.purchase.created.v1";
+}
+
+/// A purchase as a record on the topic, in no client's types: the producer copies it into
+/// its Kafka client's record, so the contract does not depend on one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRecord {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub headers: BTreeMap<String, Vec<u8>>,
+    pub timestamp: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,11 +72,11 @@ impl PurchaseEvent {
     /// content type, schema version and CloudEvents attributes. Replaying the same event
     /// yields the same record, which is what makes a produce retry harmless (the producer
     /// adds the trace context of the request that sends it).
-    pub fn to_record(&self, partitions: i32) -> (i32, Record) {
+    pub fn to_record(&self, partitions: i32) -> (i32, EventRecord) {
         let key = self.user_id.as_str().as_bytes();
-        let record = Record {
-            key: Some(key.to_vec()),
-            value: Some(self.to_json()),
+        let record = EventRecord {
+            key: key.to_vec(),
+            value: self.to_json(),
             headers: BTreeMap::from([
                 ("content-type".to_string(), b"application/json".to_vec()),
                 (

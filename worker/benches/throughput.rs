@@ -12,10 +12,9 @@
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use infra::{kafka_security, mongo::document};
 use mongodb::bson::{doc, Document};
-use purchase::{
-    kafka_security, validation::UserIdField, NewPurchase, PurchaseDocument, PurchaseEvent,
-};
+use purchase::{validation::UserIdField, NewPurchase, PurchaseEvent};
 use rskafka::{
     client::{
         partition::{Compression, UnknownTopicHandling},
@@ -130,7 +129,7 @@ async fn main() -> anyhow::Result<()> {
     // The workers log as a user's do: the default filter and format, to stderr.
     let defaults = WorkerConfig::try_parse_from(["worker"])?;
     let _traces =
-        purchase::telemetry::init(&defaults.telemetry, "worker").map_err(anyhow::Error::msg)?;
+        infra::telemetry::init(&defaults.telemetry, "worker").map_err(anyhow::Error::msg)?;
     let records: usize = std::env::var("BENCH_RECORDS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -299,7 +298,7 @@ async fn raw_fetch_rate(client: &Client, records: usize) -> anyhow::Result<f64> 
 /// The same documents, same batch size, unordered.
 async fn raw_insert_rate(servers: &Servers, events: &[PurchaseEvent]) -> anyhow::Result<f64> {
     let collection = servers.collection("bench_raw").await?;
-    let documents: Vec<Document> = events.iter().map(PurchaseDocument::from_event).collect();
+    let documents: Vec<Document> = events.iter().map(document::from_event).collect();
     let started = Instant::now();
     for chunk in documents.chunks(BATCH) {
         collection.insert_many(chunk).ordered(false).await?;

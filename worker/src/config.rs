@@ -3,8 +3,8 @@
 use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
+use infra::config::{parse_duration, ConsumerGroupArgs, KafkaArgs, MongoArgs, TelemetryArgs};
 use kafka_group::{Assignor, FetchLimits, GroupConfig, RecordFetcher, Security};
-use purchase::config::{parse_duration, ConsumerGroupArgs, KafkaArgs, MongoArgs, TelemetryArgs};
 
 use crate::fetcher::{FetchSettings, Pacing};
 

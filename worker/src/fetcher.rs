@@ -23,11 +23,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use infra::mongo::document;
 use kafka_group::{
     Backoff, FetchLimits, FetchedRecord, GroupMember, OffsetReset, PartitionRecords, RecordFetcher,
     ResponseError, Revocation, TopicPartition,
 };
-use purchase::{PurchaseDocument, PurchaseEvent};
+use purchase::PurchaseEvent;
 use rskafka::client::{
     error::Error as KafkaError,
     partition::{OffsetAt, PartitionClient, UnknownTopicHandling},
@@ -741,7 +742,7 @@ fn decode(topic: &str, partition: i32, fetched: FetchedRecord) -> Fetched {
     let span = RecordSpan::start(topic, partition, &fetched);
     let value = fetched.value.map(Vec::from).unwrap_or_default();
     match PurchaseEvent::from_json(&value) {
-        Ok(event) => Fetched::Purchase(PurchaseDocument::from_event(&event), span),
+        Ok(event) => Fetched::Purchase(document::from_event(&event), span),
         Err(e) => Fetched::Poison(PoisonRecord {
             partition,
             offset: fetched.offset,

@@ -5,7 +5,7 @@ use worker::{config::WorkerConfig, startup::Worker};
 async fn main() -> anyhow::Result<()> {
     let config = WorkerConfig::parse();
     let _traces =
-        purchase::telemetry::init(&config.telemetry, "worker").map_err(anyhow::Error::msg)?;
-    let shutdown = purchase::shutdown::on_signal();
+        infra::telemetry::init(&config.telemetry, "worker").map_err(anyhow::Error::msg)?;
+    let shutdown = infra::shutdown::on_signal();
     Worker::build(config).await?.run(shutdown).await
 }

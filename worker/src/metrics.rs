@@ -1,7 +1,7 @@
 //! Prometheus metrics of the worker, named `worker_<what>_<unit>`.
 
+use infra::metrics;
 use prometheus::{Histogram, IntCounter, IntGauge, IntGaugeVec, Registry};
-use purchase::metrics;
 
 pub struct Metrics {
     registry: Registry,

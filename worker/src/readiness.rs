@@ -11,8 +11,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use infra::mongo::AccessCheck;
 use kafka_group::GroupMember;
-use purchase::mongo::AccessCheck;
 use serde::Serialize;
 use tokio::sync::watch;
 

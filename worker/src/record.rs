@@ -4,13 +4,13 @@
 
 use std::time::SystemTime;
 
+use infra::traces;
 use kafka_group::FetchedRecord;
 use mongodb::bson::Document;
 use opentelemetry::{
     trace::{Span, SpanKind, TraceContextExt, Tracer},
     Context, KeyValue,
 };
-use purchase::traces;
 use tokio::sync::oneshot;
 
 /// A record that is not a valid purchase, kept byte for byte for the dead-letter topic.

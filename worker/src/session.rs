@@ -81,7 +81,7 @@ pub async fn run(shared: &Shared, shutdown: &CancellationToken) -> anyhow::Resul
     let (sink, inbox) = mpsc::channel(SINK_QUEUE);
     let sink_task = tokio::spawn(
         Sink {
-            purchases: purchase::mongo::purchases(db),
+            purchases: infra::mongo::purchases(db),
             dead_letters: dead_letters.clone(),
             member: Arc::clone(&member),
             topic: config.kafka.events.topic.clone(),

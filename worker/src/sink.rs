@@ -15,12 +15,12 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use kafka_group::{Backoff, GroupMember, TopicPartition};
-use mongodb::{bson::Document, error::ErrorKind, Collection};
-use purchase::{
+use infra::{
     cause_log::CauseLog,
     mongo::{is_duplicate_key, Failure, DUPLICATE_KEY},
 };
+use kafka_group::{Backoff, GroupMember, TopicPartition};
+use mongodb::{bson::Document, error::ErrorKind, Collection};
 use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 

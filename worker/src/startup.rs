@@ -6,15 +6,14 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use kafka_group::Backoff;
-use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
-use purchase::{
+use infra::{
     cause_log::CauseLog,
     config::{EventTopicArgs, KafkaArgs},
-    document::COLLECTION,
     kafka, kafka_security,
-    mongo::{self, Need},
+    mongo::{self, document::COLLECTION, Need},
 };
+use kafka_group::Backoff;
+use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 use rskafka::client::{partition::UnknownTopicHandling, Client};
 use tokio_util::sync::CancellationToken;
 

@@ -2,13 +2,13 @@
 
 use std::sync::Arc;
 
+use infra::{cause_log::CauseLog, mongo::Failure};
 use poem::web::Data;
 use poem_openapi::{
     param::{Path, Query},
     payload::Json,
     OpenApi,
 };
-use purchase::{cause_log::CauseLog, mongo::Failure};
 
 use super::{
     model::{Purchase, PurchasePage},

@@ -78,7 +78,7 @@ impl OpsApi {
             probe(timeout, async {
                 match state
                     .topics
-                    .usable(&state.topic, purchase::kafka::PRODUCE)
+                    .usable(&state.topic, infra::kafka::PRODUCE)
                     .await
                 {
                     Ok(Some(_)) => Ok(()),

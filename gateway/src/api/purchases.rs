@@ -2,9 +2,10 @@
 
 use std::sync::Arc;
 
+use infra::cause_log::CauseLog;
 use poem::web::Data;
 use poem_openapi::{payload::Json, ApiResponse, OpenApi};
-use purchase::{cause_log::CauseLog, NewPurchase, PurchaseEvent};
+use purchase::{NewPurchase, PurchaseEvent};
 
 use poem_openapi::param::{Header, Query};
 

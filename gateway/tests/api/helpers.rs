@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use gateway::{config::Cli, startup::Application};
-use purchase::{PurchaseDocument, PurchaseEvent};
+use infra::mongo::document;
+use purchase::PurchaseEvent;
 use serde_json::Value;
 use test_support::run_python;
 pub use test_support::{python, shared_servers, InfraServer};
@@ -183,7 +184,7 @@ impl TestApp {
         let client = mongodb::Client::with_uri_str(&self.mongo)
             .await
             .expect("mongo client");
-        let documents: Vec<_> = events.iter().map(PurchaseDocument::from_event).collect();
+        let documents: Vec<_> = events.iter().map(document::from_event).collect();
         client
             .database(&self.database)
             .collection::<mongodb::bson::Document>("purchases")

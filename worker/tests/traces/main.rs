@@ -147,7 +147,7 @@ async fn a_purchase_is_one_trace_from_the_request_through_kafka_to_the_mongodb_w
     let (endpoint, received) = start_receiver().await;
     // Exported within 200 ms instead of the SDK's 5 s, here and in the worker.
     std::env::set_var("OTEL_BSP_SCHEDULE_DELAY", "200");
-    let _traces = purchase::traces::init(Some(&endpoint), "gateway").expect("exporter");
+    let _traces = infra::traces::init(Some(&endpoint), "gateway").expect("exporter");
     let pipeline = Pipeline::start().await;
     let worker = pipeline.worker_with_env(&[
         ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),

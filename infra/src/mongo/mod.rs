@@ -2,6 +2,7 @@
 //! collection.
 
 mod access;
+pub mod document;
 mod failure;
 
 pub use access::{AccessCheck, Endpoint, Need, Operation, Problem};
@@ -15,7 +16,7 @@ use mongodb::{
 
 use crate::{
     config::{MongoArgs, WriteAcknowledgment, WriteConcernArgs},
-    document::{fields, COLLECTION},
+    mongo::document::{fields, COLLECTION},
 };
 
 /// Why a connection string could not be used.
