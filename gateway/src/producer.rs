@@ -420,7 +420,7 @@ fn not_written(error: &KafkaError) -> bool {
 /// not sent).
 async fn wait_until_reachable(client: &PartitionClient, closing: &CancellationToken) -> bool {
     const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
-    const PROBE_INTERVAL: Duration = Duration::from_millis(200);
+    let mut probes = Backoff::probing();
     let (topic, partition) = (client.topic(), client.partition());
     tracing::debug!(
         topic,
@@ -435,7 +435,7 @@ async fn wait_until_reachable(client: &PartitionClient, closing: &CancellationTo
         }
         tokio::select! {
             () = closing.cancelled() => return false,
-            () = tokio::time::sleep(PROBE_INTERVAL) => {}
+            () = tokio::time::sleep(probes.next_delay()) => {}
         }
     }
 }

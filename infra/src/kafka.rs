@@ -1,14 +1,12 @@
 //! Connecting to Kafka with rskafka and making sure the purchases topic exists.
 
-use std::time::Duration;
-
 use rskafka::{
     client::{error::Error as KafkaError, Client, ClientBuilder},
     BackoffConfig,
 };
 
-use kafka_group::Security;
 pub use kafka_group::{authorization::Operation, Backoff, TopicAdmin};
+use kafka_group::{backoff::REQUEST_STEPS, Security};
 
 /// What the gateway does with the purchases topic.
 pub const PRODUCE: &[Operation] = &[Operation::Describe, Operation::Write];
@@ -54,9 +52,10 @@ pub async fn connect(args: &KafkaArgs, security: &Security) -> Result<Client, Co
     let builder = ClientBuilder::new(args.events.brokers.clone());
     kafka_security::secure(builder, security)
         .client_id(args.client_id.as_str())
+        // rskafka retries in its own loop; it gets the request shape of the one policy.
         .backoff_config(BackoffConfig {
-            init_backoff: Duration::from_millis(50),
-            max_backoff: Duration::from_secs(1),
+            init_backoff: REQUEST_STEPS.0,
+            max_backoff: REQUEST_STEPS.1,
             base: 2.0,
             deadline: Some(args.retry_deadline),
         })

@@ -58,7 +58,7 @@
 
 mod assignor;
 pub mod authorization;
-mod backoff;
+pub mod backoff;
 mod cluster;
 mod connection;
 mod consumer_protocol;

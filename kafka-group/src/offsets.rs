@@ -245,6 +245,18 @@ impl GroupAdmin {
 
     /// The end offset (latest) of every partition of `topic`, asked of each partition's leader.
     pub async fn end_offsets(&self, topic: &str) -> Result<BTreeMap<i32, i64>> {
+        self.offsets_at(topic, OffsetReset::Latest).await
+    }
+
+    /// Where `reset` puts a reader of each partition of `topic` (its earliest or its end
+    /// offset), asked of each partition's leader: where a partition without a committed
+    /// offset starts, or one whose offset fell out of the log starts again.
+    pub async fn offsets_at(&self, topic: &str, reset: OffsetReset) -> Result<BTreeMap<i32, i64>> {
+        // ListOffsets' special timestamps: -2 the earliest offset, -1 the end.
+        let timestamp = match reset {
+            OffsetReset::Earliest => -2,
+            OffsetReset::Latest => -1,
+        };
         let metadata = self.cluster.metadata(&[topic.to_string()]).await?;
         let partitions = metadata
             .topics
@@ -268,7 +280,7 @@ impl GroupAdmin {
                                 ListOffsetsPartition::default()
                                     .with_partition_index(*p)
                                     .with_current_leader_epoch(-1)
-                                    .with_timestamp(-1)
+                                    .with_timestamp(timestamp)
                             })
                             .collect(),
                     )]);

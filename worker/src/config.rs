@@ -6,7 +6,7 @@ use clap::Parser;
 use infra::config::{parse_duration, ConsumerGroupArgs, KafkaArgs, MongoArgs, TelemetryArgs};
 use kafka_group::{Assignor, FetchLimits, GroupConfig, RecordFetcher, Security};
 
-use crate::fetcher::{FetchSettings, Pacing};
+use crate::fetch::{FetchSettings, Pacing};
 
 #[derive(Debug, Clone, Parser)]
 #[command(

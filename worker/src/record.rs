@@ -6,14 +6,15 @@ use std::time::SystemTime;
 
 use infra::traces;
 use kafka_group::FetchedRecord;
-use mongodb::bson::Document;
 use opentelemetry::{
     trace::{Span, SpanKind, TraceContextExt, Tracer},
     Context, KeyValue,
 };
+use purchase::PurchaseEvent;
 use tokio::sync::oneshot;
 
-/// A record that is not a valid purchase, kept byte for byte for the dead-letter topic.
+/// A record that is not a valid purchase, kept for the dead-letter topic: key, value and
+/// headers as they came, except that a missing value is kept as empty bytes.
 #[derive(Debug, Clone)]
 pub struct PoisonRecord {
     pub partition: i32,
@@ -28,8 +29,8 @@ pub struct PoisonRecord {
 }
 
 pub enum Fetched {
-    /// A valid purchase, as the document to store, with its span when spans are exported.
-    Purchase(Document, Option<RecordSpan>),
+    /// A valid purchase, with its span when spans are exported.
+    Purchase(PurchaseEvent, Option<RecordSpan>),
     Poison(PoisonRecord),
 }
 

@@ -12,18 +12,18 @@ use std::{sync::Arc, time::Instant};
 
 use kafka_group::{GroupConfig, GroupEvent, GroupMember};
 use mongodb::Database;
-use rskafka::client::Client;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::WorkerConfig,
     dlq::DeadLetters,
-    fetcher::Fetchers,
+    fetch::Assignment,
     metrics::Metrics,
     ops,
     readiness::{Readiness, Writes},
     sink::Sink,
+    timing::sleep_until,
 };
 
 /// A batch write may take server selection (`--mongo-timeout`) plus the write concern's wait
@@ -31,7 +31,7 @@ use crate::{
 /// failed.
 const WRITE_SLACK: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Fetched batches waiting for the sink; when full, fetchers wait (backpressure).
+/// Fetched batches waiting for the sink; when full, fetching waits (backpressure).
 const SINK_QUEUE: usize = 64;
 
 /// How a session ended.
@@ -50,7 +50,6 @@ pub enum Ended {
 pub struct Shared {
     pub config: WorkerConfig,
     pub group: GroupConfig,
-    pub kafka: Arc<Client>,
     pub db: Database,
     pub dead_letters: DeadLetters,
     pub metrics: Arc<Metrics>,
@@ -63,7 +62,6 @@ pub async fn run(shared: &Shared, shutdown: &CancellationToken) -> anyhow::Resul
     let Shared {
         config,
         group,
-        kafka,
         db,
         dead_letters,
         metrics,
@@ -100,8 +98,7 @@ pub async fn run(shared: &Shared, shutdown: &CancellationToken) -> anyhow::Resul
         config.group.offset_reset,
         Arc::clone(metrics),
     ));
-    let mut fetchers = Fetchers::new(
-        Arc::clone(kafka),
+    let mut assignment = Assignment::new(
         config.kafka.events.topic.clone(),
         Arc::clone(&member),
         config.record_fetcher(security),
@@ -144,9 +141,9 @@ pub async fn run(shared: &Shared, shutdown: &CancellationToken) -> anyhow::Resul
             }) => {
                 metrics.rebalances.inc();
                 tracing::info!(generation, partitions = ?partition_numbers(&partitions), added = ?partition_numbers(&added), "assigned");
-                fetchers.start(&added, shutdown).await;
+                assignment.start(&added, shutdown).await;
             }
-            Some(GroupEvent::Revoked(revocation)) => fetchers.release(revocation).await,
+            Some(GroupEvent::Revoked(revocation)) => assignment.release(revocation).await,
             None => break Ended::MemberStopped,
         }
     };
@@ -155,13 +152,13 @@ pub async fn run(shared: &Shared, shutdown: &CancellationToken) -> anyhow::Resul
         Ended::WritesRefused { reason, .. } => {
             tracing::error!(%reason, "giving the partitions back; not ready until MongoDB takes this worker's writes again");
             abandon.cancel();
-            fetchers.drain().await;
+            assignment.drain().await;
             leave(&member).await;
         }
         Ended::Shutdown | Ended::MemberStopped => {
             tracing::info!("draining: stop fetching, flush, commit, leave the group");
             let drain = async {
-                fetchers.drain().await;
+                assignment.drain().await;
                 leave(&member).await;
             };
             if tokio::time::timeout(config.shutdown_grace, drain)
@@ -173,19 +170,12 @@ pub async fn run(shared: &Shared, shutdown: &CancellationToken) -> anyhow::Resul
             }
         }
     }
-    drop(fetchers);
+    drop(assignment);
     let _ = sink_task.await;
     lag_task.abort();
     readiness.set_member(None);
     metrics.assigned_partitions.set(0);
     Ok(ended)
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
-        None => std::future::pending().await,
-    }
 }
 
 async fn leave(member: &GroupMember) {

@@ -17,6 +17,7 @@ use std::{
 
 use infra::{
     cause_log::CauseLog,
+    mongo::document,
     mongo::{is_duplicate_key, Failure, DUPLICATE_KEY},
 };
 use kafka_group::{Backoff, GroupMember, TopicPartition};
@@ -29,10 +30,8 @@ use crate::{
     metrics::Metrics,
     readiness::{Readiness, Writes},
     record::{Fetched, FetchedBatch, PoisonRecord, RecordSpan, SinkMessage},
+    timing::sleep_until,
 };
-
-/// Pause before a refused commit is tried again when no new batch carries it.
-const COMMIT_RETRY: Duration = Duration::from_millis(500);
 
 /// Failed writes are logged once per cause, and again at most this often while it lasts.
 static WRITE_FAILURES: CauseLog = CauseLog::new("batch write", Duration::from_secs(60));
@@ -74,8 +73,9 @@ struct Commits {
     /// The commit in flight: it runs while the next batch is written, and commits reach the
     /// broker in order, as each waits for the one before.
     in_flight: Option<JoinHandle<(BTreeMap<i32, i64>, bool)>>,
-    /// When a refused commit is due again.
+    /// When a refused commit is due again, when no new batch carries it first.
     retry_at: Option<Instant>,
+    retry: Backoff,
 }
 
 impl Sink {
@@ -281,13 +281,14 @@ impl Commits {
             return;
         };
         if accepted {
+            self.retry.reset();
             for (partition, offset) in offsets {
                 if self.uncommitted.get(&partition) == Some(&offset) {
                     self.uncommitted.remove(&partition);
                 }
             }
         } else {
-            self.retry_at = Some(Instant::now() + COMMIT_RETRY);
+            self.retry_at = Some(Instant::now() + self.retry.next_delay());
         }
     }
 
@@ -315,8 +316,8 @@ impl Pending {
         self.offsets.insert(batch.partition, batch.next_offset);
         for record in batch.records {
             match record {
-                Fetched::Purchase(document, span) => {
-                    self.documents.push(document);
+                Fetched::Purchase(event, span) => {
+                    self.documents.push(document::from_event(&event));
                     self.spans.extend(span);
                 }
                 Fetched::Poison(poison) => self.poison.push(poison),
@@ -368,11 +369,4 @@ async fn in_flight(
     };
     *commit = None;
     result
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
-        None => std::future::pending().await,
-    }
 }

@@ -84,7 +84,6 @@ impl Worker {
             shared: Shared {
                 config,
                 group,
-                kafka: Arc::new(kafka),
                 db,
                 dead_letters,
                 metrics: Arc::new(Metrics::new()),

@@ -166,17 +166,14 @@ pub async fn ensure_indexes_until_done(db: Database) {
     retry_until_done("MongoDB indexes", || ensure_indexes(&db)).await
 }
 
-/// Runs `attempt` until it succeeds, backing off (the shared policy) from 200 ms to 30 s
-/// between failures.
+/// Runs `attempt` until it succeeds, backing off between failures (the recovery shape of the
+/// one retry policy).
 pub async fn retry_until_done<F, Fut>(what: &str, attempt: F)
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = mongodb::error::Result<()>>,
 {
-    let mut backoff = kafka_group::Backoff::unbounded_between(
-        std::time::Duration::from_millis(200),
-        std::time::Duration::from_secs(30),
-    );
+    let mut backoff = kafka_group::Backoff::unbounded();
     loop {
         match attempt().await {
             Ok(()) => {
