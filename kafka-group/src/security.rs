@@ -220,14 +220,27 @@ pub(crate) async fn authenticate(
     sasl: &SaslCredentials,
     probe: &Probe<'_>,
 ) -> Result<()> {
-    let address = connection.address();
+    handshake(connection, sasl, probe).await?;
+    exchange(connection, sasl).await
+}
+
+/// The refusal of `sasl` by the broker at the other end of `connection`, and why.
+fn refused(connection: &Connection, sasl: &SaslCredentials, why: String) -> Error {
+    Error::Authentication(format!(
+        "{} refused SASL {} authentication as {:?}: {why}",
+        connection.address(),
+        sasl.mechanism.name(),
+        sasl.username
+    ))
+}
+
+/// SaslHandshake: the broker accepts the mechanism, or says which it offers instead.
+async fn handshake(
+    connection: &Connection,
+    sasl: &SaslCredentials,
+    probe: &Probe<'_>,
+) -> Result<()> {
     let mechanism = sasl.mechanism.name();
-    let refused = |why: String| {
-        Error::Authentication(format!(
-            "{address} refused SASL {mechanism} authentication as {:?}: {why}",
-            sasl.username
-        ))
-    };
     let version = connection.version::<SaslHandshakeRequest>(HANDSHAKE_VERSIONS)?;
     let handshake = match connection
         .send(
@@ -239,34 +252,43 @@ pub(crate) async fn authenticate(
         Ok(handshake) => handshake,
         // nisshi 0.7 hangs up on a mechanism it does not offer; a listener without SASL may.
         Err(e @ Error::Io(_)) => {
-            let error = refused(format!(
+            let error = refused(connection, sasl, format!(
                 "the broker closed the connection at the SaslHandshake ({e}); it may not offer {mechanism}"
             ));
             return Err(diagnosis::after_handshake_hang_up(probe, sasl.mechanism, error).await);
         }
         Err(e) => return Err(e),
     };
-    if let Some(error) = protocol_error(handshake.error_code) {
-        let offered: Vec<String> = handshake
-            .mechanisms
-            .iter()
-            .map(|m| m.as_str().to_string())
-            .collect();
-        return Err(
-            match SaslAnswer::classify(mechanism, handshake.error_code, &offered) {
-                SaslAnswer::NotEnabled => probe.mismatch(Mismatch::SaslNotEnabled),
-                SaslAnswer::Offers(offered) => probe.mismatch(Mismatch::MechanismNotOffered {
-                    mechanism: sasl.mechanism,
-                    offered,
-                }),
-                SaslAnswer::Unclear => refused(format!(
+    let Some(error) = protocol_error(handshake.error_code) else {
+        return Ok(());
+    };
+    let offered: Vec<String> = handshake
+        .mechanisms
+        .iter()
+        .map(|m| m.as_str().to_string())
+        .collect();
+    Err(
+        match SaslAnswer::classify(mechanism, handshake.error_code, &offered) {
+            SaslAnswer::NotEnabled => probe.mismatch(Mismatch::SaslNotEnabled),
+            SaslAnswer::Offers(offered) => probe.mismatch(Mismatch::MechanismNotOffered {
+                mechanism: sasl.mechanism,
+                offered,
+            }),
+            SaslAnswer::Unclear => refused(
+                connection,
+                sasl,
+                format!(
                     "{error} (the broker offers {})",
                     diagnosis::listing(&offered)
-                )),
-            },
-        );
-    }
+                ),
+            ),
+        },
+    )
+}
 
+/// SaslAuthenticate rounds, each carrying the mechanism's next message, until it ends.
+async fn exchange(connection: &Connection, sasl: &SaslCredentials) -> Result<()> {
+    let mechanism = sasl.mechanism.name();
     let config = SASLConfig::with_credentials(None, sasl.username.clone(), sasl.password.clone())
         .map_err(|e| Error::Config(format!("SASL credentials: {e}")))?;
     let name = Mechname::parse(mechanism.as_bytes())
@@ -281,9 +303,11 @@ pub(crate) async fn authenticate(
         let state = session
             .step(received.as_deref(), &mut message)
             .map_err(|e| {
-                refused(format!(
-                    "{e} (a wrong user name or password ends the exchange so)"
-                ))
+                refused(
+                    connection,
+                    sasl,
+                    format!("{e} (a wrong user name or password ends the exchange so)"),
+                )
             })?;
         if state.has_sent_message() {
             let response = connection
@@ -301,7 +325,7 @@ pub(crate) async fn authenticate(
                     .filter(|m| !m.is_empty())
                     .map(|m| format!("{error}: {m}"))
                     .unwrap_or_else(|| error.to_string());
-                return Err(refused(detail));
+                return Err(refused(connection, sasl, detail));
             }
             received = Some(response.auth_bytes.to_vec());
         }

@@ -35,20 +35,7 @@ pub struct Run {
 }
 
 pub async fn run(run: Run) -> anyhow::Result<Report> {
-    let mut headers = reqwest::header::HeaderMap::new();
-    if let Some(token) = &run.bearer_token {
-        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
-            .map_err(|_| {
-                anyhow::anyhow!("the bearer token has characters a header cannot carry")
-            })?;
-        value.set_sensitive(true);
-        headers.insert(reqwest::header::AUTHORIZATION, value);
-    }
-    let client = reqwest::Client::builder()
-        .default_headers(headers)
-        .timeout(run.timeout)
-        .pool_max_idle_per_host(run.max_in_flight)
-        .build()?;
+    let client = http_client(&run)?;
     let url = format!("{}/api/purchases", run.url.trim_end_matches('/'));
     let stats = Arc::new(Stats::new());
     let slots = Arc::new(Semaphore::new(run.max_in_flight.max(1)));
@@ -61,17 +48,9 @@ pub async fn run(run: Run) -> anyhow::Result<Report> {
             run.schedule.duration(),
         )
     });
-    let lag_task = lag_reader.clone().map(|reader| {
-        let lag = Arc::clone(&lag);
-        tokio::spawn(async move {
-            loop {
-                if let Ok(snapshot) = reader.read().await {
-                    *lag.lock().expect("lag lock") = Some(snapshot);
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        })
-    });
+    let lag_task = lag_reader
+        .clone()
+        .map(|reader| tokio::spawn(watch_lag(reader, Arc::clone(&lag))));
 
     let mut rng = rand::rngs::StdRng::from_os_rng();
     let start = Instant::now();
@@ -120,16 +99,50 @@ pub async fn run(run: Run) -> anyhow::Result<Report> {
         bar.finish_and_clear();
     }
     let final_lag = match &lag_reader {
-        Some(reader) => match reader.read().await {
-            Ok(snapshot) => Some(snapshot),
-            Err(e) => {
-                eprintln!("warning: cannot read the consumer lag ({e}); check --kafka-brokers");
-                None
-            }
-        },
+        Some(reader) => final_lag(reader).await,
         None => None,
     };
     Ok(stats.report(elapsed, final_lag))
+}
+
+/// The HTTP client of a run: its timeout, a pool as large as the in-flight cap, and the
+/// bearer token (marked sensitive, so it never shows in debug output) on every request.
+fn http_client(run: &Run) -> anyhow::Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = &run.bearer_token {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| {
+                anyhow::anyhow!("the bearer token has characters a header cannot carry")
+            })?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    Ok(reqwest::Client::builder()
+        .default_headers(headers)
+        .timeout(run.timeout)
+        .pool_max_idle_per_host(run.max_in_flight)
+        .build()?)
+}
+
+/// Keeps `lag` at the latest reading, once a second, for the progress line.
+async fn watch_lag(reader: Arc<LagReader>, lag: Arc<Mutex<Option<LagSnapshot>>>) {
+    loop {
+        if let Ok(snapshot) = reader.read().await {
+            *lag.lock().expect("lag lock") = Some(snapshot);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// The lag once the run is over, for the report; a warning instead when it cannot be read.
+async fn final_lag(reader: &LagReader) -> Option<LagSnapshot> {
+    match reader.read().await {
+        Ok(snapshot) => Some(snapshot),
+        Err(e) => {
+            eprintln!("warning: cannot read the consumer lag ({e}); check --kafka-brokers");
+            None
+        }
+    }
 }
 
 /// Sends one purchase, retrying a 503 or a missing answer up to `retries` times after the

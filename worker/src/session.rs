@@ -62,35 +62,18 @@ pub async fn run(shared: &Shared, shutdown: &CancellationToken) -> anyhow::Resul
     let Shared {
         config,
         group,
-        db,
-        dead_letters,
         metrics,
         readiness,
         security,
+        ..
     } = shared;
-    let stored_before = metrics.documents_inserted.get();
-    let (member, mut events) = GroupMember::start(group.clone())?;
+    let (member, events) = GroupMember::start(group.clone())?;
     let member = Arc::new(member);
     readiness.set_member(Some(Arc::clone(&member)));
-    let mut writes = readiness.writes();
-    writes.mark_unchanged();
 
     let abandon = CancellationToken::new();
     let (sink, inbox) = mpsc::channel(SINK_QUEUE);
-    let sink_task = tokio::spawn(
-        Sink {
-            purchases: infra::mongo::purchases(db),
-            dead_letters: dead_letters.clone(),
-            member: Arc::clone(&member),
-            topic: config.kafka.events.topic.clone(),
-            metrics: Arc::clone(metrics),
-            max_documents: config.batch.max_documents.max(1),
-            abandon: abandon.clone(),
-            readiness: Arc::clone(readiness),
-            write_timeout: config.mongo.timeout + config.mongo.write_concern.timeout + WRITE_SLACK,
-        }
-        .run(inbox),
-    );
+    let sink_task = tokio::spawn(sink_for(shared, &member, abandon.clone()).run(inbox));
     let lag_task = tokio::spawn(ops::track_lag(
         Arc::clone(&member),
         config.group.group_id.clone(),
@@ -107,17 +90,57 @@ pub async fn run(shared: &Shared, shutdown: &CancellationToken) -> anyhow::Resul
         Arc::clone(metrics),
     );
 
+    let ended = follow(shared, events, &mut assignment, shutdown).await;
+    wind_down(&ended, config, &member, &mut assignment, &abandon).await;
+    drop(assignment);
+    let _ = sink_task.await;
+    lag_task.abort();
+    readiness.set_member(None);
+    metrics.assigned_partitions.set(0);
+    Ok(ended)
+}
+
+/// The sink of one session: it commits through this session's membership.
+fn sink_for(shared: &Shared, member: &Arc<GroupMember>, abandon: CancellationToken) -> Sink {
+    let config = &shared.config;
+    Sink {
+        purchases: infra::mongo::purchases(&shared.db),
+        dead_letters: shared.dead_letters.clone(),
+        member: Arc::clone(member),
+        topic: config.kafka.events.topic.clone(),
+        metrics: Arc::clone(&shared.metrics),
+        max_documents: config.batch.max_documents.max(1),
+        abandon,
+        readiness: Arc::clone(&shared.readiness),
+        write_timeout: config.mongo.timeout + config.mongo.write_concern.timeout + WRITE_SLACK,
+    }
+}
+
+/// Follows the group's assignments and the health of the writes until the session ends.
+async fn follow(
+    shared: &Shared,
+    mut events: mpsc::UnboundedReceiver<GroupEvent>,
+    assignment: &mut Assignment,
+    shutdown: &CancellationToken,
+) -> Ended {
+    let Shared {
+        config, metrics, ..
+    } = shared;
+    let stored_before = metrics.documents_inserted.get();
+    let refused = |reason: String| Ended::WritesRefused {
+        reason,
+        stored_any: metrics.documents_inserted.get() > stored_before,
+    };
+    let mut writes = shared.readiness.writes();
+    writes.mark_unchanged();
     // While writes fail in a way that may heal: when the partitions go back.
     let mut give_back_at: Option<Instant> = None;
-    let ended = loop {
+    loop {
         let event = tokio::select! {
-            () = shutdown.cancelled() => break Ended::Shutdown,
+            () = shutdown.cancelled() => return Ended::Shutdown,
             changed = writes.changed() => {
                 match (changed, &*writes.borrow_and_update()) {
-                    (Ok(()), Writes::Refused(why)) => break Ended::WritesRefused {
-                        reason: why.clone(),
-                        stored_any: metrics.documents_inserted.get() > stored_before,
-                    },
+                    (Ok(()), Writes::Refused(why)) => return refused(why.clone()),
                     (Ok(()), Writes::Failing { since, .. }) => {
                         give_back_at = Some(*since + config.give_back_after);
                     }
@@ -126,10 +149,7 @@ pub async fn run(shared: &Shared, shutdown: &CancellationToken) -> anyhow::Resul
                 continue;
             }
             () = sleep_until(give_back_at), if give_back_at.is_some() => {
-                break Ended::WritesRefused {
-                    reason: format!("MongoDB has taken no write for {:?}", config.give_back_after),
-                    stored_any: metrics.documents_inserted.get() > stored_before,
-                };
+                return refused(format!("MongoDB has taken no write for {:?}", config.give_back_after));
             }
             event = events.recv() => event,
         };
@@ -144,22 +164,32 @@ pub async fn run(shared: &Shared, shutdown: &CancellationToken) -> anyhow::Resul
                 assignment.start(&added, shutdown).await;
             }
             Some(GroupEvent::Revoked(revocation)) => assignment.release(revocation).await,
-            None => break Ended::MemberStopped,
+            None => return Ended::MemberStopped,
         }
-    };
+    }
+}
 
-    match &ended {
+/// Ends the session: after a refusal the partitions go back at once (nothing more is
+/// stored); otherwise what was fetched is written and committed within the grace period.
+async fn wind_down(
+    ended: &Ended,
+    config: &WorkerConfig,
+    member: &GroupMember,
+    assignment: &mut Assignment,
+    abandon: &CancellationToken,
+) {
+    match ended {
         Ended::WritesRefused { reason, .. } => {
             tracing::error!(%reason, "giving the partitions back; not ready until MongoDB takes this worker's writes again");
             abandon.cancel();
             assignment.drain().await;
-            leave(&member).await;
+            leave(member).await;
         }
         Ended::Shutdown | Ended::MemberStopped => {
             tracing::info!("draining: stop fetching, flush, commit, leave the group");
             let drain = async {
                 assignment.drain().await;
-                leave(&member).await;
+                leave(member).await;
             };
             if tokio::time::timeout(config.shutdown_grace, drain)
                 .await
@@ -170,12 +200,6 @@ pub async fn run(shared: &Shared, shutdown: &CancellationToken) -> anyhow::Resul
             }
         }
     }
-    drop(assignment);
-    let _ = sink_task.await;
-    lag_task.abort();
-    readiness.set_member(None);
-    metrics.assigned_partitions.set(0);
-    Ok(ended)
 }
 
 async fn leave(member: &GroupMember) {
