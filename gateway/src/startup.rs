@@ -83,7 +83,11 @@ impl Application {
             )
         })?;
 
-        let (db, mongo_access) = mongo::open(&config.mongo, "gateway", MONGO_NEEDS)
+        let mongo::Opened {
+            db,
+            access: mongo_access,
+            ..
+        } = mongo::open(&config.mongo, "gateway", MONGO_NEEDS)
             .await
             .context("cannot use MongoDB")?;
         tokio::spawn(mongo::ensure_indexes_until_done(db.clone()));

@@ -5,7 +5,7 @@ use rskafka::{
     BackoffConfig,
 };
 
-pub use kafka_group::{authorization::Operation, Backoff, TopicAdmin};
+pub use kafka_group::{authorization::Operation, Backoff, GroupAdmin, TopicAdmin};
 use kafka_group::{backoff::REQUEST_STEPS, Security};
 
 /// What the gateway does with the purchases topic.
@@ -79,6 +79,16 @@ pub fn topic_admin(args: &KafkaArgs, security: &Security) -> TopicAdmin {
     )
 }
 
+/// The group admin of `args`' brokers (committed offsets, end offsets, lag) without joining.
+pub fn group_admin(args: &KafkaArgs, security: &Security) -> GroupAdmin {
+    GroupAdmin::new(
+        args.events.brokers.clone(),
+        args.client_id.clone(),
+        args.retry_deadline,
+    )
+    .with_security(security.clone())
+}
+
 /// Creates the topic when missing and returns its real partition count (which wins over
 /// the configured one when the topic already existed), once the brokers confirm this
 /// client may do `needed` on it (where they report it; see `kafka_group::authorization`).
@@ -87,11 +97,10 @@ pub async fn ensure_topic(
     args: &KafkaArgs,
     needed: &[Operation],
 ) -> Result<i32, kafka_group::Error> {
-    // First, so that a refusal names everything to grant (ensure alone knows no `needed`).
-    admin.usable(&args.events.topic, needed).await?;
     let partitions = admin
         .ensure(
             &args.events.topic,
+            needed,
             args.topic_partitions,
             args.replication_factor,
             args.retry_deadline,

@@ -56,18 +56,21 @@ impl TopicAdmin {
     }
 
     /// Creates the topic unless it exists, and returns its partition count (the existing
-    /// topic's, which wins over `partitions`). CreateTopics goes to the controller the
+    /// topic's, which wins over `partitions`), once the brokers confirm this client may do
+    /// `needed` on it (see [`usable`](Self::usable)). CreateTopics goes to the controller the
     /// metadata names, else to any broker: a KRaft broker forwards it to the controller.
     pub async fn ensure(
         &self,
         topic: &str,
+        needed: &[Operation],
         partitions: i32,
         replication: i16,
         timeout: Duration,
     ) -> Result<usize> {
-        // One lookup tells whether the topic exists and which broker is the controller.
+        // One lookup tells whether the topic exists, what this client may do with it and
+        // which broker is the controller.
         let metadata = self.cluster.metadata(&[topic.to_string()]).await?;
-        check_allowed(&metadata, topic, &[])?;
+        check_allowed(&metadata, topic, needed)?;
         if let Some(existing) = existing_partitions(&metadata, topic) {
             return Ok(existing);
         }

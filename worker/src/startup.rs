@@ -39,6 +39,8 @@ const ACCESS_POLL: Duration = Duration::from_secs(2);
 pub struct Worker {
     shared: Shared,
     acceptor: TcpAcceptor,
+    /// The start-up access check passed: the first session joins without a second one.
+    mongo_usable: bool,
 }
 
 impl Worker {
@@ -70,9 +72,10 @@ impl Worker {
         let dead_letters = dead_letters(&kafka, &topics, &config.kafka, &config.dlq_topic).await?;
         check_group_access(&config, &security).await?;
 
-        let (db, access) = mongo::open(&config.mongo, "worker", MONGO_NEEDS)
-            .await
-            .context("cannot use MongoDB")?;
+        let mongo::Opened { db, access, usable } =
+            mongo::open(&config.mongo, "worker", MONGO_NEEDS)
+                .await
+                .context("cannot use MongoDB")?;
         tokio::spawn(mongo::ensure_indexes_until_done(db.clone()));
 
         let acceptor = TcpListener::bind(config.listen)
@@ -91,6 +94,7 @@ impl Worker {
                 security,
             },
             acceptor,
+            mongo_usable: usable,
         })
     }
 
@@ -106,7 +110,11 @@ impl Worker {
     /// Consumes until `shutdown`, then within the grace period: stop fetching, write and
     /// commit what was read, leave the group.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Worker { shared, acceptor } = self;
+        let Worker {
+            shared,
+            acceptor,
+            mongo_usable,
+        } = self;
         let ops_stop = CancellationToken::new();
         let ops_task = tokio::spawn(ops::serve(
             acceptor,
@@ -120,10 +128,12 @@ impl Worker {
         // A worker joins only once MongoDB takes its writes: one that cannot reach it (from
         // start-up, or after giving its partitions back) takes none from those that can.
         let mut wait = Duration::ZERO;
+        let mut writable = mongo_usable;
         let result = loop {
-            if !wait_until_writable(&shared.readiness, wait, &shutdown).await {
+            if !writable && !wait_until_writable(&shared.readiness, wait, &shutdown).await {
                 break Ok(());
             }
+            writable = false;
             match session::run(&shared, &shutdown).await {
                 Ok(Ended::WritesRefused { stored_any, .. }) => {
                     if stored_any {
@@ -155,12 +165,7 @@ async fn check_group_access(
     security: &kafka_group::Security,
 ) -> anyhow::Result<()> {
     let group = &config.group.group_id;
-    let admin = kafka_group::GroupAdmin::new(
-        config.kafka.events.brokers.clone(),
-        config.kafka.client_id.clone(),
-        config.kafka.retry_deadline,
-    )
-    .with_security(security.clone());
+    let admin = kafka::group_admin(&config.kafka, security);
     let partition = kafka_group::TopicPartition::new(&config.kafka.events.topic, 0);
     match admin.committed(group, &[partition]).await {
         Err(e)

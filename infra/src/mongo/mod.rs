@@ -75,21 +75,28 @@ pub enum OpenError {
 /// and a TLS setting the wrong way round stop the start-up, named; a database that is only
 /// unreachable is logged and left to readiness (a database restart must not stop the fleet).
 /// The check is returned for readiness to run again.
-pub async fn open(
-    args: &MongoArgs,
-    app_name: &str,
-    needs: &[Need],
-) -> Result<(Database, AccessCheck), OpenError> {
+pub async fn open(args: &MongoArgs, app_name: &str, needs: &[Need]) -> Result<Opened, OpenError> {
     let (db, endpoint) = connect(args, app_name).await?;
-    let check = AccessCheck::new(db.clone(), endpoint, needs, args.timeout);
-    match check.run().await {
-        Ok(()) => {}
+    let access = AccessCheck::new(db.clone(), endpoint, needs, args.timeout);
+    let usable = match access.run().await {
+        Ok(()) => true,
         Err(problem) if problem.heals() => {
             tracing::warn!(%problem, "starting anyway (readiness reports it until MongoDB answers)");
+            false
         }
         Err(problem) => return Err(OpenError::Access(problem)),
-    }
-    Ok((db, check))
+    };
+    Ok(Opened { db, access, usable })
+}
+
+/// A database handle whose access was checked at start-up.
+pub struct Opened {
+    pub db: Database,
+    /// The check, to run again for readiness.
+    pub access: AccessCheck,
+    /// The start-up check passed: the process may use the database now, without asking
+    /// again (it was unreachable otherwise; a refusal is an [`OpenError`]).
+    pub usable: bool,
 }
 
 /// The client-wide write concern: every write of ours (purchases, idempotency keys) is

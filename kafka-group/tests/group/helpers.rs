@@ -49,7 +49,7 @@ pub async fn topic(bootstrap: &str) -> String {
             Duration::from_secs(5),
             kafka_group::Security::default(),
         )
-        .ensure(&name, PARTITIONS, 1, Duration::from_secs(5))
+        .ensure(&name, &[], PARTITIONS, 1, Duration::from_secs(5))
         .await
         .expect("topic created");
     }
