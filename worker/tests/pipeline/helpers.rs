@@ -25,8 +25,30 @@ fn insecure() -> Secured {
     }
 }
 
-fn unique(prefix: &str) -> String {
+/// A name no other test uses: `prefix` and a random suffix.
+pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A worker's configuration for a start-up test: any ops port, warnings only, then `flags`.
+pub fn worker_config(flags: impl IntoIterator<Item = String>) -> worker::config::WorkerConfig {
+    worker::config::WorkerConfig::try_parse_from(
+        ["worker", "--listen=127.0.0.1:0", "--log-filter=warn"]
+            .map(String::from)
+            .into_iter()
+            .chain(flags),
+    )
+    .expect("worker flags")
+}
+
+/// Builds a worker that must not start: its error with every cause, and how long it took
+/// to come.
+pub async fn worker_start_up_error(config: worker::config::WorkerConfig) -> (String, Duration) {
+    let started = Instant::now();
+    match worker::startup::Worker::build(config).await {
+        Ok(_) => panic!("the worker started although it was set up to fail"),
+        Err(e) => (format!("{e:#}"), started.elapsed()),
+    }
 }
 
 /// A port for a worker's ops server, free when asked. Taken below Linux's ephemeral range

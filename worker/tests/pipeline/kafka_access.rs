@@ -10,22 +10,20 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use test_support::{shared_servers, TestKafka};
 
-use crate::helpers::{dead_letter_topic, Pipeline};
+use crate::helpers::{dead_letter_topic, unique, worker_config, worker_start_up_error, Pipeline};
 
 const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
 const GROUP_AUTHORIZATION_FAILED: i16 = 30;
 const OFFSET_FETCH: i16 = 9;
 const JOIN_GROUP: i16 = 11;
 
-fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
-}
-
-fn worker_config(kafka: &TestKafka, topic: &str, group: &str) -> worker::config::WorkerConfig {
+fn kafka_worker_config(
+    kafka: &TestKafka,
+    topic: &str,
+    group: &str,
+) -> worker::config::WorkerConfig {
     let (_, mongo) = shared_servers();
-    worker::config::WorkerConfig::try_parse_from([
-        "worker".to_string(),
-        "--listen=127.0.0.1:0".into(),
+    worker_config([
         format!("--kafka-brokers={}", kafka.address),
         format!("--kafka-topic={topic}"),
         format!("--dlq-topic={}", dead_letter_topic(topic)),
@@ -33,17 +31,7 @@ fn worker_config(kafka: &TestKafka, topic: &str, group: &str) -> worker::config:
         "--kafka-retry-deadline=5s".into(),
         format!("--mongo-uri={}", mongo.address),
         format!("--mongo-database={}", unique("shop").replace('-', "_")),
-        "--log-filter=warn".into(),
     ])
-    .expect("worker flags")
-}
-
-async fn worker_error(config: worker::config::WorkerConfig) -> (String, Duration) {
-    let started = Instant::now();
-    match worker::startup::Worker::build(config).await {
-        Ok(_) => panic!("the worker started although Kafka refuses it"),
-        Err(e) => (format!("{e:#}"), started.elapsed()),
-    }
 }
 
 #[tokio::test]
@@ -55,7 +43,8 @@ async fn a_topic_the_brokers_refuse_to_describe_stops_start_up_naming_the_topic_
     kafka.prepare_topic(&dead_letter_topic(&topic), 1);
     cluster.set_topic_error(&topic, TOPIC_AUTHORIZATION_FAILED);
 
-    let (error, took) = worker_error(worker_config(&kafka, &topic, &unique("workers"))).await;
+    let (error, took) =
+        worker_start_up_error(kafka_worker_config(&kafka, &topic, &unique("workers"))).await;
     eprintln!("[kafka-access] worker, topic refused ({took:.1?}): {error}");
     assert!(
         error.contains(&format!("refuse to describe topic {topic}"))
@@ -97,7 +86,7 @@ async fn a_consumer_group_the_brokers_refuse_stops_worker_start_up_naming_the_gr
     kafka.prepare_topic(&topic, 3);
     kafka.prepare_topic(&dead_letter_topic(&topic), 1);
     cluster.push_errors(OFFSET_FETCH, &[GROUP_AUTHORIZATION_FAILED]);
-    let (error, took) = worker_error(worker_config(&kafka, &topic, &group)).await;
+    let (error, took) = worker_start_up_error(kafka_worker_config(&kafka, &topic, &group)).await;
     eprintln!("[kafka-access] worker, group refused ({took:.1?}): {error}");
     assert!(
         error.contains(&format!("refuse consumer group {group}"))

@@ -11,6 +11,8 @@ use std::{
 use clap::Parser;
 use test_support::{InfraServer, TestCertificates};
 
+use crate::helpers::{worker_config, worker_start_up_error};
+
 const USER: &str = "shop-workers";
 const PASSWORD: &str = "kafka-Pa55-word";
 /// rskafka's retry deadline, as deployed: start-up must fail well before it.
@@ -78,31 +80,24 @@ fn tls_flags() -> Vec<String> {
 /// is checked first).
 fn common_flags(broker: &InfraServer) -> Vec<String> {
     vec![
-        "--listen=127.0.0.1:0".into(),
         format!("--kafka-brokers={}", broker.address),
         "--kafka-topic=purchases-misconfigured".into(),
         format!("--kafka-retry-deadline={RETRY_DEADLINE}"),
         "--mongo-uri=mongodb://127.0.0.1:9".into(),
         "--mongo-timeout=2s".into(),
-        "--log-filter=warn".into(),
     ]
 }
 
 /// Builds a worker with `flags` against `broker` and returns its start-up error, after
 /// checking it came within [`WITHIN`] and names Kafka and the broker.
-async fn worker_start_up_error(what: &str, broker: &InfraServer, flags: Vec<String>) -> String {
-    let config = worker::config::WorkerConfig::try_parse_from(
-        std::iter::once("worker".to_string())
-            .chain(common_flags(broker))
-            .chain(flags),
-    )
-    .expect("worker flags");
-    let started = Instant::now();
-    let error = match worker::startup::Worker::build(config).await {
-        Ok(_) => panic!("{what}: the worker started"),
-        Err(e) => format!("{e:#}"),
-    };
-    assert_failed_fast(what, started.elapsed(), &error, broker);
+async fn misconfigured_start_up_error(
+    what: &str,
+    broker: &InfraServer,
+    flags: Vec<String>,
+) -> String {
+    let config = worker_config(common_flags(broker).into_iter().chain(flags));
+    let (error, took) = worker_start_up_error(config).await;
+    assert_failed_fast(what, took, &error, broker);
     error
 }
 
@@ -122,7 +117,8 @@ fn assert_failed_fast(what: &str, took: Duration, error: &str, broker: &InfraSer
 async fn plaintext_to_a_tls_port_stops_start_up_saying_the_broker_expects_tls() {
     let broker = sasl_tls_broker();
     let error =
-        worker_start_up_error("plaintext to TLS port", broker, sasl_flags("SCRAM-SHA-512")).await;
+        misconfigured_start_up_error("plaintext to TLS port", broker, sasl_flags("SCRAM-SHA-512"))
+            .await;
     assert!(
         error.contains("expects TLS: add --kafka-tls (KAFKA_TLS=true), and --kafka-tls-ca-file"),
         "{error}"
@@ -132,7 +128,8 @@ async fn plaintext_to_a_tls_port_stops_start_up_saying_the_broker_expects_tls() 
 #[tokio::test]
 async fn tls_without_sasl_to_a_sasl_listener_stops_start_up_saying_which_mechanisms_it_offers() {
     let broker = sasl_tls_broker();
-    let error = worker_start_up_error("TLS without SASL to SASL_SSL", broker, tls_flags()).await;
+    let error =
+        misconfigured_start_up_error("TLS without SASL to SASL_SSL", broker, tls_flags()).await;
     assert!(
         error.contains("expects SASL authentication (it offers SCRAM-SHA-256, SCRAM-SHA-512): set --kafka-sasl-mechanism (KAFKA_SASL_MECHANISM), --kafka-sasl-username"),
         "{error}"
@@ -142,7 +139,7 @@ async fn tls_without_sasl_to_a_sasl_listener_stops_start_up_saying_which_mechani
 #[tokio::test]
 async fn no_security_at_a_sasl_listener_stops_start_up_saying_sasl_is_expected() {
     let broker = sasl_broker();
-    let error = worker_start_up_error("no security to SASL_PLAINTEXT", broker, vec![]).await;
+    let error = misconfigured_start_up_error("no security to SASL_PLAINTEXT", broker, vec![]).await;
     assert!(
         error.contains("expects SASL authentication (it offers SCRAM-SHA-256, SCRAM-SHA-512)"),
         "{error}"
@@ -152,7 +149,7 @@ async fn no_security_at_a_sasl_listener_stops_start_up_saying_sasl_is_expected()
 #[tokio::test]
 async fn tls_to_a_plaintext_port_stops_start_up_saying_the_broker_does_not_speak_tls() {
     let broker = plaintext_broker();
-    let error = worker_start_up_error("TLS to plaintext port", broker, tls_flags()).await;
+    let error = misconfigured_start_up_error("TLS to plaintext port", broker, tls_flags()).await;
     assert!(
         error.contains("does not speak TLS on this port (it answered in plaintext): drop --kafka-tls (KAFKA_TLS=false) or use its TLS port"),
         "{error}"
@@ -162,7 +159,7 @@ async fn tls_to_a_plaintext_port_stops_start_up_saying_the_broker_does_not_speak
 #[tokio::test]
 async fn sasl_at_a_listener_without_sasl_stops_start_up_saying_to_drop_the_sasl_settings() {
     let broker = plaintext_broker();
-    let error = worker_start_up_error(
+    let error = misconfigured_start_up_error(
         "SASL to PLAINTEXT listener",
         broker,
         sasl_flags("SCRAM-SHA-256"),
@@ -181,7 +178,7 @@ async fn a_sasl_mechanism_the_broker_does_not_offer_stops_start_up_naming_those_
     let broker = sasl_tls_broker();
     let mut flags = sasl_flags("PLAIN");
     flags.extend(tls_flags());
-    let error = worker_start_up_error("SASL mechanism not offered", broker, flags).await;
+    let error = misconfigured_start_up_error("SASL mechanism not offered", broker, flags).await;
     assert!(
         error.contains("does not offer SASL mechanism PLAIN (it offers: SCRAM-SHA-256, SCRAM-SHA-512): set --kafka-sasl-mechanism"),
         "{error}"

@@ -19,7 +19,10 @@ use test_support::{
     shared_servers, InfraServer, TestCertificates,
 };
 
-use crate::helpers::{assert_exactly_once, one_heavy_test_at_a_time, wait_assigned, Pipeline};
+use crate::helpers::{
+    assert_exactly_once, one_heavy_test_at_a_time, unique, wait_assigned, worker_config,
+    worker_start_up_error, Pipeline,
+};
 
 /// A MongoDB that takes only TLS and authenticated users, with an administrator that can
 /// make users with fewer privileges.
@@ -99,10 +102,6 @@ impl SecuredMongo {
     }
 }
 
-fn unique(prefix: &str) -> String {
-    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
-}
-
 /// The topic start-up tests use, created on whichever test broker runs.
 fn start_up_topic() -> (String, String) {
     static TOPIC: OnceLock<String> = OnceLock::new();
@@ -117,25 +116,17 @@ fn start_up_topic() -> (String, String) {
 }
 
 /// The worker's start-up error with this MongoDB connection string, and how long it took.
-async fn worker_start_up_error(mongo_uri: &str, database: &str) -> (String, Duration) {
+async fn worker_mongo_error(mongo_uri: &str, database: &str) -> (String, Duration) {
     let (kafka, topic) = start_up_topic();
-    let config = worker::config::WorkerConfig::try_parse_from([
-        "worker".to_string(),
-        "--listen=127.0.0.1:0".into(),
+    worker_start_up_error(worker_config([
         format!("--kafka-brokers={kafka}"),
         format!("--kafka-topic={topic}"),
         format!("--dlq-topic={topic}.dlq"),
         format!("--mongo-uri={mongo_uri}"),
         format!("--mongo-database={database}"),
         "--mongo-timeout=3s".into(),
-        "--log-filter=warn".into(),
-    ])
-    .expect("worker flags");
-    let started = Instant::now();
-    match worker::startup::Worker::build(config).await {
-        Ok(_) => panic!("the worker started although MongoDB does not let it write"),
-        Err(e) => (format!("{e:#}"), started.elapsed()),
-    }
+    ]))
+    .await
 }
 
 fn gateway_cli(mongo_uri: &str, database: &str) -> gateway::config::Cli {
@@ -166,8 +157,8 @@ async fn gateway_start_up_error(mongo_uri: &str, database: &str) -> (String, Dur
 async fn a_connection_string_without_credentials_stops_start_up_saying_authentication_is_required()
 {
     let mongo = mongo();
-    let database = unique("shop");
-    let (worker, took) = worker_start_up_error(&mongo.uri(None, "admin"), &database).await;
+    let database = unique("shop").replace('-', "_");
+    let (worker, took) = worker_mongo_error(&mongo.uri(None, "admin"), &database).await;
     eprintln!("[mongo-access] worker, no credentials ({took:.1?}): {worker}");
     assert!(
         worker.contains("MongoDB requires authentication")
@@ -188,9 +179,9 @@ async fn a_connection_string_without_credentials_stops_start_up_saying_authentic
 #[tokio::test]
 async fn a_user_without_the_privilege_stops_start_up_naming_the_user_and_the_operation() {
     let mongo = mongo();
-    let database = unique("shop");
+    let database = unique("shop").replace('-', "_");
     let reader = mongo.user(&database, "reader", "read").await;
-    let (worker, _) = worker_start_up_error(&reader, &database).await;
+    let (worker, _) = worker_mongo_error(&reader, &database).await;
     eprintln!("[mongo-access] worker, read-only user: {worker}");
     assert!(
         worker.contains("MongoDB user \"reader\" may not insert into")
@@ -210,12 +201,12 @@ async fn a_user_without_the_privilege_stops_start_up_naming_the_user_and_the_ope
 #[tokio::test]
 async fn a_tls_setting_the_wrong_way_round_stops_start_up_naming_tls_not_an_outage() {
     let mongo = mongo();
-    let database = unique("shop");
+    let database = unique("shop").replace('-', "_");
     let plaintext = format!(
         "mongodb://{MONGO_USER}:{MONGO_PASSWORD}@127.0.0.1:{}/?authSource=admin",
         mongo.port()
     );
-    let (error, took) = worker_start_up_error(&plaintext, &database).await;
+    let (error, took) = worker_mongo_error(&plaintext, &database).await;
     eprintln!("[mongo-access] plaintext to a TLS server ({took:.1?}): {error}");
     assert!(
         error.contains("expects TLS") && error.contains("tls=true"),
@@ -358,7 +349,7 @@ async fn a_worker_whose_writes_are_refused_gives_its_partitions_back_and_rejoins
 #[tokio::test]
 async fn refused_database_writes_are_503s_with_a_stable_code_and_no_driver_internals() {
     let mongo = mongo();
-    let database = unique("shop");
+    let database = unique("shop").replace('-', "_");
     let user = mongo.user(&database, "gateway", "readWrite").await;
     let app = gateway::startup::Application::build(gateway_cli(&user, &database).config)
         .await

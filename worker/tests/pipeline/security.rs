@@ -4,10 +4,7 @@
 //! same credentials, reads the offsets they committed. Bad credentials and untrusted
 //! certificates stop start-up with the dependency and the cause named.
 
-use std::{
-    sync::OnceLock,
-    time::{Duration, Instant},
-};
+use std::{sync::OnceLock, time::Duration};
 
 use clap::Parser;
 use serde_json::json;
@@ -18,7 +15,8 @@ use test_support::{
 };
 
 use crate::helpers::{
-    assert_exactly_once, one_heavy_test_at_a_time, wait_assigned, Pipeline, Secured,
+    assert_exactly_once, one_heavy_test_at_a_time, wait_assigned, worker_config,
+    worker_start_up_error, Pipeline, Secured,
 };
 
 fn servers() -> &'static SecuredServers {
@@ -97,8 +95,8 @@ async fn purchases_with_tokens_are_stored_by_workers_over_sasl_tls_and_committed
 }
 
 /// Builds a worker with `flags` on the secured servers and returns its start-up error.
-async fn worker_start_up_error(flags: Vec<String>, mongo_uri: String) -> String {
-    worker_start_up_error_on(&servers().kafka.address, flags, mongo_uri).await
+async fn secured_start_up_error(flags: Vec<String>, mongo_uri: String) -> String {
+    start_up_error_on(&servers().kafka.address, flags, mongo_uri).await
 }
 
 /// A worker configuration for start-up tests against the broker at `kafka`.
@@ -107,34 +105,24 @@ fn start_up_config(
     flags: Vec<String>,
     mongo_uri: String,
 ) -> worker::config::WorkerConfig {
-    worker::config::WorkerConfig::try_parse_from(
+    worker_config(
         [
-            "worker".to_string(),
-            "--listen=127.0.0.1:0".into(),
             format!("--kafka-brokers={kafka}"),
             "--kafka-topic=purchases-security-start".into(),
             "--kafka-retry-deadline=3s".into(),
             format!("--mongo-uri={mongo_uri}"),
             "--mongo-timeout=3s".into(),
-            "--log-filter=warn".into(),
         ]
         .into_iter()
         .chain(flags),
     )
-    .expect("worker flags")
 }
 
-async fn worker_start_up_error_on(kafka: &str, flags: Vec<String>, mongo_uri: String) -> String {
-    let config = start_up_config(kafka, flags, mongo_uri);
-    let started = Instant::now();
-    let error = match worker::startup::Worker::build(config).await {
-        Ok(_) => panic!("the worker started with bad security settings"),
-        Err(e) => format!("{e:#}"),
-    };
+async fn start_up_error_on(kafka: &str, flags: Vec<String>, mongo_uri: String) -> String {
+    let (error, took) = worker_start_up_error(start_up_config(kafka, flags, mongo_uri)).await;
     assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "start-up took {:?} to fail",
-        started.elapsed()
+        took < Duration::from_secs(20),
+        "start-up took {took:?} to fail"
     );
     error
 }
@@ -145,7 +133,7 @@ async fn a_wrong_kafka_password_stops_start_up_naming_kafka_the_user_and_sasl() 
     let ca = servers.certs.file("ca.pem");
     let wrong = servers.files().join("wrong-password");
     std::fs::write(&wrong, "not-it").expect("file");
-    let error = worker_start_up_error(
+    let error = secured_start_up_error(
         servers.kafka_flags(&wrong.display().to_string(), &ca),
         servers.mongo_uri(MONGO_PASSWORD, &ca),
     )
@@ -162,7 +150,7 @@ async fn a_wrong_kafka_password_stops_start_up_naming_kafka_the_user_and_sasl() 
 async fn an_untrusted_kafka_certificate_stops_start_up_naming_the_certificate() {
     let servers = servers();
     let other = TestCertificates::new();
-    let error = worker_start_up_error(
+    let error = secured_start_up_error(
         servers.kafka_flags(&servers.password_file(), &other.file("ca.pem")),
         servers.mongo_uri(MONGO_PASSWORD, &servers.certs.file("ca.pem")),
     )
@@ -179,7 +167,7 @@ async fn an_untrusted_kafka_certificate_stops_start_up_naming_the_certificate() 
 async fn a_wrong_mongodb_password_stops_start_up_naming_mongodb_and_the_credentials() {
     let servers = servers();
     let ca = servers.certs.file("ca.pem");
-    let error = worker_start_up_error(
+    let error = secured_start_up_error(
         servers.kafka_flags(&servers.password_file(), &ca),
         servers.mongo_uri("not-the-password", &ca),
     )
@@ -192,7 +180,7 @@ async fn a_wrong_mongodb_password_stops_start_up_naming_mongodb_and_the_credenti
 async fn an_untrusted_mongodb_certificate_stops_start_up_naming_tls() {
     let servers = servers();
     let other = TestCertificates::new();
-    let error = worker_start_up_error(
+    let error = secured_start_up_error(
         servers.kafka_flags(&servers.password_file(), &servers.certs.file("ca.pem")),
         servers.mongo_uri(MONGO_PASSWORD, &other.file("ca.pem")),
     )
@@ -271,7 +259,7 @@ async fn a_worker_with_a_client_certificate_starts_on_a_broker_that_requires_one
 async fn without_a_client_certificate_a_broker_that_requires_one_stops_start_up() {
     let servers = servers();
     let ca = servers.certs.file("ca.pem");
-    let error = worker_start_up_error_on(
+    let error = start_up_error_on(
         &mutual_tls_broker().address,
         vec!["--kafka-tls".into(), format!("--kafka-tls-ca-file={ca}")],
         servers.mongo_uri(MONGO_PASSWORD, &ca),
