@@ -6,6 +6,12 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use kafka_group::OffsetReset;
+use secrecy::SecretString;
+
+/// A secret flag's value, kept out of `Debug` output from the moment it is parsed.
+fn secret(text: &str) -> Result<SecretString, String> {
+    Ok(SecretString::from(text))
+}
 
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 500ms, 5s, 1m)"))
@@ -71,9 +77,10 @@ pub struct KafkaSecurityArgs {
         long = "kafka-sasl-password",
         env = "KAFKA_SASL_PASSWORD",
         hide_env_values = true,
-        conflicts_with = "kafka-sasl-password-file"
+        conflicts_with = "kafka-sasl-password-file",
+        value_parser = secret
     )]
-    pub sasl_password: Option<String>,
+    pub sasl_password: Option<SecretString>,
 
     /// File holding the SASL password (a mounted Secret); one trailing newline is ignored.
     #[arg(

@@ -14,6 +14,7 @@ use kafka_group::{
     Mismatch, SaslCredentials, SaslMechanism, Security,
 };
 use rskafka::client::{ClientBuilder, Credentials, SaslConfig};
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::{KafkaSecurityArgs, SaslMechanismArg};
 
@@ -59,7 +60,10 @@ pub fn secure(mut builder: ClientBuilder, security: &Security) -> ClientBuilder 
         builder = builder.tls_config(Arc::clone(tls));
     }
     if let Some(sasl) = &security.sasl {
-        let credentials = Credentials::new(sasl.username.clone(), sasl.password.clone());
+        let credentials = Credentials::new(
+            sasl.username.clone(),
+            sasl.password.expose_secret().to_string(),
+        );
         builder = builder.sasl_config(match sasl.mechanism {
             SaslMechanism::Plain => SaslConfig::Plain(credentials),
             SaslMechanism::ScramSha256 => SaslConfig::ScramSha256(credentials),
@@ -151,7 +155,7 @@ impl From<SaslMechanismArg> for SaslMechanism {
 fn password(
     args: &KafkaSecurityArgs,
     mechanism: SaslMechanismArg,
-) -> Result<String, KafkaSecurityError> {
+) -> Result<SecretString, KafkaSecurityError> {
     if let Some(path) = &args.sasl_password_file {
         let text = read_file("SASL password file", path)?;
         let text = String::from_utf8(text).map_err(|_| KafkaSecurityError::File {
@@ -164,7 +168,7 @@ fn password(
             .strip_suffix('\n')
             .map(|t| t.strip_suffix('\r').unwrap_or(t))
             .unwrap_or(&text);
-        return Ok(password.to_string());
+        return Ok(SecretString::from(password));
     }
     args.sasl_password
         .clone()
@@ -292,13 +296,26 @@ mod tests {
         args.sasl_password_file = Some(file.path().to_path_buf());
         let security = resolve(&args).expect("valid");
         let sasl = security.sasl.expect("sasl");
-        assert_eq!(sasl.password, " s3cret ");
+        assert_eq!(sasl.password.expose_secret(), " s3cret ");
         assert_eq!(sasl.mechanism, SaslMechanism::ScramSha256);
         assert!(!describe(&Security {
             tls: None,
             sasl: Some(sasl)
         })
         .contains("s3cret"));
+    }
+
+    #[test]
+    fn a_password_given_as_a_flag_never_shows_in_debug_output() {
+        let mut args = args();
+        args.sasl_mechanism = Some(SaslMechanismArg::Plain);
+        args.sasl_username = Some("worker".into());
+        args.sasl_password = Some(SecretString::from("hunter2-flag"));
+        assert!(!format!("{args:?}").contains("hunter2-flag"));
+        let security = resolve(&args).expect("valid");
+        assert!(!format!("{security:?}").contains("hunter2-flag"));
+        let sasl = security.sasl.expect("sasl");
+        assert_eq!(sasl.password.expose_secret(), "hunter2-flag");
     }
 
     #[test]

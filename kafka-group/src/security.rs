@@ -4,6 +4,7 @@
 //! The TLS settings are a `rustls::ClientConfig`, the type rskafka's `ClientBuilder::tls_config`
 //! takes, so an application builds it once and hands the same value to both clients.
 
+use secrecy::{ExposeSecret, SecretString};
 use std::{fmt, io::Cursor, sync::Arc, time::Duration};
 
 use kafka_protocol::{
@@ -122,21 +123,13 @@ impl fmt::Display for SaslMechanism {
     }
 }
 
-#[derive(Clone)]
+/// `password` is a [`SecretString`]: it prints as redacted and is wiped from memory when
+/// dropped, and reading it takes an `expose_secret()` a reviewer can find.
+#[derive(Clone, Debug)]
 pub struct SaslCredentials {
     pub mechanism: SaslMechanism,
     pub username: String,
-    pub password: String,
-}
-
-impl fmt::Debug for SaslCredentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SaslCredentials")
-            .field("mechanism", &self.mechanism)
-            .field("username", &self.username)
-            .field("password", &"<redacted>")
-            .finish()
-    }
+    pub password: SecretString,
 }
 
 /// The certificate check's name for `address` (`host:port` or `[v6]:port`): an IP address
@@ -289,8 +282,12 @@ async fn handshake(
 /// SaslAuthenticate rounds, each carrying the mechanism's next message, until it ends.
 async fn exchange(connection: &Connection, sasl: &SaslCredentials) -> Result<()> {
     let mechanism = sasl.mechanism.name();
-    let config = SASLConfig::with_credentials(None, sasl.username.clone(), sasl.password.clone())
-        .map_err(|e| Error::Config(format!("SASL credentials: {e}")))?;
+    let config = SASLConfig::with_credentials(
+        None,
+        sasl.username.clone(),
+        sasl.password.expose_secret().to_string(),
+    )
+    .map_err(|e| Error::Config(format!("SASL credentials: {e}")))?;
     let name = Mechname::parse(mechanism.as_bytes())
         .map_err(|e| Error::Config(format!("SASL mechanism {mechanism}: {e}")))?;
     let mut session = SASLClient::new(config)

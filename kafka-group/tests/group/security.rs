@@ -109,7 +109,7 @@ async fn topic_with_records(broker: &InfraServer, security: &Security, records: 
     if let Some(s) = &security.sasl {
         builder = builder.sasl_config(SaslConfig::ScramSha256(Credentials::new(
             s.username.clone(),
-            s.password.clone(),
+            secrecy::ExposeSecret::expose_secret(&s.password).to_string(),
         )));
     }
     let client = builder
