@@ -8,6 +8,7 @@ use std::{
 
 pub mod kafka;
 pub mod mock_cluster;
+pub mod process;
 pub mod proxy;
 pub mod secured;
 pub mod tokens;
@@ -88,13 +89,9 @@ impl InfraServer {
     pub fn kill(&self) -> u32 {
         let pid = std::fs::read_to_string(self.dir.path().join("pid"))
             .expect("a started server has a pid file");
-        let pid = pid.trim();
-        let killed = Command::new("kill")
-            .args(["-KILL", pid])
-            .status()
-            .expect("run kill");
-        assert!(killed.success(), "kill -KILL {pid} failed");
-        pid.parse().expect("the pid file holds a pid")
+        let pid: u32 = pid.trim().parse().expect("the pid file holds a pid");
+        process::signal(pid, process::Signal::SIGKILL);
+        pid
     }
 
     /// Starts again in the same directory: same data, same port, same security.

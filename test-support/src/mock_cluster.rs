@@ -17,7 +17,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{mpsc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use serde_json::{json, Value};
@@ -366,12 +366,8 @@ impl Drop for MockCluster {
             let _ = stream.get_ref().set_read_timeout(Some(STOP_GRACE));
             let _ = send_and_receive(&mut stream, "{\"op\":\"stop\"}\n");
         }
-        let deadline = Instant::now() + STOP_GRACE;
-        while Instant::now() < deadline {
-            match self.child.try_wait() {
-                Ok(Some(_)) | Err(_) => return,
-                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            }
+        if crate::process::wait_exit(&mut self.child, STOP_GRACE).is_some() {
+            return;
         }
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -7,7 +7,7 @@ use std::{
     io::{BufRead, BufReader},
     net::TcpStream,
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use serde_json::Value;
@@ -446,17 +446,11 @@ fn the_harness_exits_when_its_owner_dies() {
     owner.kill().expect("kill the owner");
     owner.wait().expect("reap the owner");
 
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let status = loop {
-        if let Some(status) = harness.try_wait().expect("poll the harness") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = harness.kill();
-            let _ = harness.wait();
-            panic!("the harness outlived its owner by 5 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let Some(status) = test_support::process::wait_exit(&mut harness, Duration::from_secs(5))
+    else {
+        let _ = harness.kill();
+        let _ = harness.wait();
+        panic!("the harness outlived its owner by 5 s");
     };
     assert!(status.success(), "it shut down cleanly: {status}");
     assert!(

@@ -17,6 +17,7 @@ use std::{
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
+use test_support::process::Signal;
 
 use mongodb::bson::doc;
 use rskafka::client::{partition::UnknownTopicHandling, ClientBuilder};
@@ -137,9 +138,7 @@ impl Process {
     }
 
     fn terminate(mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        test_support::process::signal(self.child.id(), Signal::SIGTERM);
         let _ = self.child.wait();
     }
 }

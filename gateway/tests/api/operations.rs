@@ -1,4 +1,5 @@
 use std::process::Command;
+use test_support::process::Signal;
 
 use serde_json::{json, Value};
 
@@ -131,12 +132,7 @@ async fn the_binary_stops_cleanly_on_sigterm() {
         .unwrap();
     assert_eq!(accepted.status().as_u16(), 202);
 
-    let pid = child.id().unwrap().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    test_support::process::signal(child.id().unwrap(), Signal::SIGTERM);
     let status = tokio::time::timeout(std::time::Duration::from_secs(10), child.wait())
         .await
         .expect("exits within 10 s of SIGTERM")

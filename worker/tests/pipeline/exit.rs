@@ -29,12 +29,8 @@ async fn run_until_ready_then_terminate(pipeline: &Pipeline) -> (std::process::E
     }
     assert!(ready, "worker not ready within 30 s");
 
-    let pid = worker.id().expect("worker is running").to_string();
-    let sent = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
-    assert!(sent.success());
+    let pid = worker.id().expect("worker is running");
+    test_support::process::signal(pid, test_support::process::Signal::SIGTERM);
     let exit = tokio::time::timeout(Duration::from_secs(30), worker.wait_with_output())
         .await
         .expect("worker exits within 30 s of SIGTERM")

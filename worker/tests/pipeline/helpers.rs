@@ -8,7 +8,10 @@ use clap::Parser;
 use gateway::{config::Cli, startup::Application};
 use mongodb::bson::{doc, Document};
 use serde_json::{json, Value};
-use test_support::run_python_with_env;
+use test_support::{
+    process::{self, Signal},
+    run_python_with_env,
+};
 pub use test_support::{shared_servers, Broker, TestKafka};
 use tokio_util::sync::CancellationToken;
 
@@ -372,26 +375,16 @@ pub struct WorkerProcess {
 impl WorkerProcess {
     /// Sends SIGTERM without waiting (to stop several at once).
     pub fn send_term(&self) {
-        let sent = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(sent.success());
+        process::signal(self.child.id(), Signal::SIGTERM);
     }
 
     /// Waits for the exit that follows a SIGTERM; returns how long it took from `since`.
     pub fn wait_clean_exit(&mut self, since: Instant, within: Duration) -> Duration {
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                assert!(status.success(), "worker exited with {status}");
-                return since.elapsed();
-            }
-            assert!(
-                since.elapsed() < within,
-                "worker did not stop within {within:?} of SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let left = within.saturating_sub(since.elapsed());
+        let status = process::wait_exit(&mut self.child, left)
+            .unwrap_or_else(|| panic!("worker did not stop within {within:?} of SIGTERM"));
+        assert!(status.success(), "worker exited with {status}");
+        since.elapsed()
     }
 
     /// The last `lines` lines of its log (when it has one).
@@ -411,24 +404,8 @@ impl WorkerProcess {
 
     /// SIGTERM, then waits for a clean exit.
     pub fn terminate(mut self) {
-        let pid = self.child.id().to_string();
-        let sent = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill");
-        assert!(sent.success());
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                assert!(status.success(), "worker exited with {status}");
-                return;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "worker did not stop within 30 s of SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.send_term();
+        self.wait_clean_exit(Instant::now(), Duration::from_secs(30));
     }
 
     /// The status and body of its `/readyz` (`None` while it does not answer).
