@@ -206,18 +206,13 @@ const QUEUE_CAPACITY: usize = 10_000;
 const MAX_BATCH: usize = 1_000;
 
 async fn write_batches(keys: Collection<Document>, mut queue: mpsc::Receiver<Pending>) {
-    while let Some(first) = queue.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
-        }
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    // Group commit: waits for one reservation, then takes whatever queued up meanwhile.
+    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
         // A caller that gave up needs no answer, but its reservation is written anyway:
         // it is harmless (nothing was produced) and makes its retry a replay.
         let answers = write_batch(&keys, &batch).await;
-        for (pending, answer) in batch.into_iter().zip(answers) {
+        for (pending, answer) in batch.drain(..).zip(answers) {
             let _ = pending.reply.send(answer);
         }
     }

@@ -305,6 +305,7 @@ async fn send_batches(
             }
             reachable = true;
         }
+        // Group commit up to a size in bytes, which `recv_many` (a count) cannot bound.
         let mut bytes = first.record.approximate_size();
         let mut batch = vec![first];
         while bytes < batch_max_bytes {

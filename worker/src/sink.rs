@@ -104,7 +104,9 @@ impl Sink {
             match message {
                 Some(SinkMessage::Records(batch)) => {
                     pending.add(batch);
-                    // Group commit: what queued up during the last write joins this one.
+                    // Group commit: what queued up during the last write joins this one, up
+                    // to a count of documents (not of messages, which `recv_many` counts) and
+                    // never past a flush, which must wait for the write before it.
                     while pending.len() < self.max_documents {
                         match inbox.try_recv() {
                             Ok(SinkMessage::Records(batch)) => pending.add(batch),
