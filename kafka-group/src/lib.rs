@@ -1,10 +1,12 @@
-//! Kafka consumer groups and committed offsets for [rskafka] users.
+//! The consumer side of Kafka for [rskafka] users: consumer groups, fetching, committed
+//! offsets and lag, and topic administration.
 //!
-//! rskafka produces and fetches but has no consumer groups. This crate adds the classic
-//! group protocol (FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup) and offset
-//! management (OffsetCommit, OffsetFetch, ListOffsets) on the [`kafka_protocol`] crate's
-//! message types over tokio TCP, so a fleet of rskafka consumers can split a topic's
-//! partitions and record progress where tools like KEDA read it.
+//! rskafka produces well but has no consumer groups and fetches one partition per request.
+//! This crate adds the classic group protocol (FindCoordinator, JoinGroup, SyncGroup,
+//! Heartbeat, LeaveGroup), a fetcher that asks each leader for all its partitions at once
+//! ([`RecordFetcher`]) and offset management (OffsetCommit, OffsetFetch, ListOffsets) on the
+//! [`kafka_protocol`] crate's message types over tokio TCP, so a fleet of consumers can split
+//! a topic's partitions and record progress where tools like KEDA read it.
 //!
 //! - [`GroupMember`] joins a group in a background task, heartbeats, follows rebalances and
 //!   tells the application through [`GroupEvent`]s which partitions it owns. Before a
@@ -36,7 +38,7 @@
 //! while let Some(event) = events.recv().await {
 //!     match event {
 //!         GroupEvent::Assigned { added, .. } => {
-//!             // Start fetching the `added` partitions with rskafka from
+//!             // Start fetching the `added` partitions with a `RecordFetcher` from
 //!             // `member.committed(&added)`; the others are fetched already.
 //!         }
 //!         GroupEvent::Revoked(revocation) => {
