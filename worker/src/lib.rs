@@ -2,6 +2,7 @@
 //! partitions (kafka-group's fetch sessions), bulk-inserts purchases into MongoDB (idempotently, `_id` =
 //! eventId) and commits offsets only after the write, so KEDA can scale the fleet on lag.
 
+pub mod commit;
 pub mod config;
 pub mod decode;
 pub mod dlq;

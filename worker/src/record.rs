@@ -2,7 +2,7 @@
 //! one partition in offset order, with records that cannot be stored typed as poison all the
 //! way to the dead-letter writer.
 
-use std::time::SystemTime;
+use std::{collections::BTreeMap, time::SystemTime};
 
 use infra::traces;
 use kafka_group::FetchedRecord;
@@ -111,9 +111,21 @@ pub struct FetchedBatch {
 
 pub enum SinkMessage {
     Records(FetchedBatch),
-    /// Write and commit everything received so far, then forget the offsets of `release`
-    /// (partitions this worker no longer owns), then answer.
+    /// Write everything received so far; the commit stage then records it, forgets the
+    /// offsets of `release` (partitions this worker no longer owns) and answers.
     Flush {
+        release: Vec<i32>,
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// What the sink tells the commit stage, in the order it happens.
+pub enum Ack {
+    /// Every record of these partitions before these offsets is stored (or dead-lettered).
+    Stored(BTreeMap<i32, i64>),
+    /// The sink has written everything it received for `release` (partitions this worker no
+    /// longer owns): commit their progress one last time, forget them, then answer.
+    Release {
         release: Vec<i32>,
         done: oneshot::Sender<()>,
     },

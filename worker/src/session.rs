@@ -16,12 +16,14 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    commit::{Committer, ACK_QUEUE},
     config::WorkerConfig,
     dlq::DeadLetters,
     fetch::Assignment,
     metrics::Metrics,
     ops,
     readiness::{Readiness, Writes},
+    record::Ack,
     sink::Sink,
     timing::sleep_until,
 };
@@ -71,9 +73,20 @@ pub async fn run(shared: &Shared, shutdown: &CancellationToken) -> anyhow::Resul
     let member = Arc::new(member);
     readiness.set_member(Some(Arc::clone(&member)));
 
+    // The stages, along the records' path: fetch (the assignment's loop) → decode → sink →
+    // acknowledgements → commit.
     let abandon = CancellationToken::new();
+    let (acks, acked) = mpsc::channel(ACK_QUEUE);
+    let commit_task = tokio::spawn(
+        Committer {
+            member: Arc::clone(&member),
+            topic: config.kafka.events.topic.clone(),
+            metrics: Arc::clone(metrics),
+        }
+        .run(acked),
+    );
     let (sink, inbox) = mpsc::channel(SINK_QUEUE);
-    let sink_task = tokio::spawn(sink_for(shared, &member, abandon.clone()).run(inbox));
+    let sink_task = tokio::spawn(sink_for(shared, acks, abandon.clone()).run(inbox));
     let lag_task = tokio::spawn(ops::track_lag(
         Arc::clone(&member),
         config.group.group_id.clone(),
@@ -94,20 +107,20 @@ pub async fn run(shared: &Shared, shutdown: &CancellationToken) -> anyhow::Resul
     wind_down(&ended, config, &member, &mut assignment, &abandon).await;
     drop(assignment);
     let _ = sink_task.await;
+    let _ = commit_task.await;
     lag_task.abort();
     readiness.set_member(None);
     metrics.assigned_partitions.set(0);
     Ok(ended)
 }
 
-/// The sink of one session: it commits through this session's membership.
-fn sink_for(shared: &Shared, member: &Arc<GroupMember>, abandon: CancellationToken) -> Sink {
+/// The sink of one session: it acknowledges what it stored to this session's commit stage.
+fn sink_for(shared: &Shared, acks: mpsc::Sender<Ack>, abandon: CancellationToken) -> Sink {
     let config = &shared.config;
     Sink {
         purchases: infra::mongo::purchases(&shared.db),
         dead_letters: shared.dead_letters.clone(),
-        member: Arc::clone(member),
-        topic: config.kafka.events.topic.clone(),
+        acks,
         metrics: Arc::clone(&shared.metrics),
         max_documents: config.batch.max_documents.max(1),
         abandon,

@@ -1,13 +1,11 @@
 //! The sink: gathers decoded records from the fetch loop into batches, writes each batch with
 //! one unordered `insert_many` (`_id` = eventId, so a redelivered purchase is a harmless
-//! duplicate key), sends poison records to the dead-letter topic, and only then commits the
-//! offsets. Batches form by group commit, not by a timer: a batch is written as soon as the
-//! sink is free, with everything that queued up during the previous write, so a lone
-//! purchase on a quiet system is stored at once and a busy stream in large writes. A failed
-//! write is retried with backoff while the fetchers wait; no offset is ever
-//! committed past a record that is not stored. A refused commit (the group was rebalancing)
-//! is carried into the next one, and retried on its own when nothing else comes, so a
-//! partition's committed offset catches up even when its traffic stops.
+//! duplicate key), sends poison records to the dead-letter topic, and only then acknowledges
+//! the batch's offsets to the commit stage ([`crate::commit`]). Batches form by group
+//! commit, not by a timer: a batch is written as soon as the sink is free, with everything
+//! that queued up during the previous write, so a lone purchase on a quiet system is stored
+//! at once and a busy stream in large writes. A failed write is retried with backoff while
+//! fetching waits; nothing is acknowledged that is not stored.
 
 use std::{
     collections::BTreeMap,
@@ -20,17 +18,16 @@ use infra::{
     mongo::document,
     mongo::{is_duplicate_key, Failure, DUPLICATE_KEY},
 };
-use kafka_group::{Backoff, GroupMember, TopicPartition};
+use kafka_group::Backoff;
 use mongodb::{bson::Document, error::ErrorKind, Collection};
-use tokio::{sync::mpsc, task::JoinHandle};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     dlq::DeadLetters,
     metrics::Metrics,
     readiness::{Readiness, Writes},
-    record::{Fetched, FetchedBatch, PoisonRecord, RecordSpan, SinkMessage},
-    timing::sleep_until,
+    record::{Ack, Fetched, FetchedBatch, PoisonRecord, RecordSpan, SinkMessage},
 };
 
 /// Failed writes are logged once per cause, and again at most this often while it lasts.
@@ -41,8 +38,8 @@ static DEAD_LETTER_FAILURES: CauseLog =
 pub struct Sink {
     pub purchases: Collection<Document>,
     pub dead_letters: DeadLetters,
-    pub member: Arc<GroupMember>,
-    pub topic: String,
+    /// Where stored offsets are acknowledged, in order.
+    pub acks: mpsc::Sender<Ack>,
     pub metrics: Arc<Metrics>,
     /// Documents per write at most when more are queued (a single fetched batch larger
     /// than this is still written whole).
@@ -66,40 +63,16 @@ struct Pending {
     offsets: BTreeMap<i32, i64>,
 }
 
-/// Offsets of stored records, per partition, not yet acknowledged by the group.
-#[derive(Default)]
-struct Commits {
-    uncommitted: BTreeMap<i32, i64>,
-    /// The commit in flight: it runs while the next batch is written, and commits reach the
-    /// broker in order, as each waits for the one before.
-    in_flight: Option<JoinHandle<(BTreeMap<i32, i64>, bool)>>,
-    /// When a refused commit is due again, when no new batch carries it first.
-    retry_at: Option<Instant>,
-    retry: Backoff,
-}
-
 impl Sink {
     /// Runs until every sender is gone, writing what is pending before it returns.
     pub async fn run(self, mut inbox: mpsc::Receiver<SinkMessage>) {
         let mut pending = Pending::default();
-        let mut commits = Commits::default();
         // A message taken from the queue while gathering a batch, handled next.
         let mut carried: Option<SinkMessage> = None;
         loop {
             let message = match carried.take() {
                 Some(message) => Some(message),
-                None => tokio::select! {
-                    message = inbox.recv() => message,
-                    settled = in_flight(&mut commits.in_flight), if commits.in_flight.is_some() => {
-                        commits.settle(settled);
-                        continue;
-                    }
-                    () = sleep_until(commits.retry_at), if commits.retry_at.is_some() => {
-                        commits.retry_at = None;
-                        self.commit(&mut commits).await;
-                        continue;
-                    }
-                },
+                None => inbox.recv().await,
             };
             match message {
                 Some(SinkMessage::Records(batch)) => {
@@ -117,31 +90,23 @@ impl Sink {
                             Err(_) => break,
                         }
                     }
-                    self.flush(&mut pending, &mut commits).await;
+                    self.flush(&mut pending).await;
                 }
                 Some(SinkMessage::Flush { release, done }) => {
-                    self.flush(&mut pending, &mut commits).await;
-                    commits.finish().await;
-                    if commits.has_any(&release) {
-                        // The last chance to record progress on partitions that move: one
-                        // more try, then the next owner re-reads from the last commit.
-                        self.commit(&mut commits).await;
-                        commits.finish().await;
-                    }
-                    commits.forget(&release);
-                    let _ = done.send(());
+                    self.flush(&mut pending).await;
+                    // The commit stage answers once it recorded what this write stored.
+                    let _ = self.acks.send(Ack::Release { release, done }).await;
                 }
                 None => {
-                    self.flush(&mut pending, &mut commits).await;
-                    commits.finish().await;
+                    self.flush(&mut pending).await;
                     return;
                 }
             }
         }
     }
 
-    /// Writes the batch, then commits its offsets (with any refused before).
-    async fn flush(&self, pending: &mut Pending, commits: &mut Commits) {
+    /// Writes the batch, then acknowledges its offsets to the commit stage.
+    async fn flush(&self, pending: &mut Pending) {
         let batch = std::mem::take(pending);
         // Once a batch was abandoned, a later one must not be stored and committed: its
         // offsets would commit past the abandoned records, which nobody would read again.
@@ -152,36 +117,7 @@ impl Sink {
         {
             return;
         }
-        commits.uncommitted.extend(batch.offsets);
-        self.commit(commits).await;
-    }
-
-    /// Starts committing everything stored and not yet acknowledged, once the commit before
-    /// has finished.
-    async fn commit(&self, commits: &mut Commits) {
-        commits.finish().await;
-        if commits.uncommitted.is_empty() {
-            return;
-        }
-        let offsets = commits.uncommitted.clone();
-        let by_partition: BTreeMap<TopicPartition, i64> = offsets
-            .iter()
-            .map(|(p, o)| (TopicPartition::new(&self.topic, *p), *o))
-            .collect();
-        let member = Arc::clone(&self.member);
-        let metrics = Arc::clone(&self.metrics);
-        commits.in_flight = Some(tokio::spawn(async move {
-            match member.commit(&by_partition).await {
-                Ok(()) => (offsets, true),
-                Err(e) => {
-                    // The records are stored; the commit is carried into the next one. If
-                    // the partition moves first, its next owner finds them as duplicates.
-                    metrics.commit_errors.inc();
-                    tracing::debug!(error = %e, "offset commit refused; retrying with the next");
-                    (offsets, false)
-                }
-            }
-        }));
+        let _ = self.acks.send(Ack::Stored(batch.offsets)).await;
     }
 
     /// Writes until MongoDB acknowledges (or the grace period is over: `false`).
@@ -268,47 +204,6 @@ impl Sink {
     }
 }
 
-impl Commits {
-    /// Waits for the commit in flight and settles it: acknowledged offsets are done (unless
-    /// a newer one arrived meanwhile); a refused commit is due again soon.
-    async fn finish(&mut self) {
-        if self.in_flight.is_some() {
-            let settled = in_flight(&mut self.in_flight).await;
-            self.settle(settled);
-        }
-    }
-
-    fn settle(&mut self, settled: Option<(BTreeMap<i32, i64>, bool)>) {
-        let Some((offsets, accepted)) = settled else {
-            return;
-        };
-        if accepted {
-            self.retry.reset();
-            for (partition, offset) in offsets {
-                if self.uncommitted.get(&partition) == Some(&offset) {
-                    self.uncommitted.remove(&partition);
-                }
-            }
-        } else {
-            self.retry_at = Some(Instant::now() + self.retry.next_delay());
-        }
-    }
-
-    fn has_any(&self, partitions: &[i32]) -> bool {
-        partitions.iter().any(|p| self.uncommitted.contains_key(p))
-    }
-
-    /// Partitions this worker gave up: their progress is the next owner's to record.
-    fn forget(&mut self, partitions: &[i32]) {
-        for partition in partitions {
-            self.uncommitted.remove(partition);
-        }
-        if self.uncommitted.is_empty() {
-            self.retry_at = None;
-        }
-    }
-}
-
 impl Pending {
     fn len(&self) -> usize {
         self.documents.len() + self.poison.len()
@@ -359,16 +254,4 @@ fn no_answer_within(timeout: Duration) -> mongodb::error::Error {
         format!("no answer to the write within {timeout:?}"),
     )))
     .into()
-}
-
-/// The result of the commit in flight, once it is done (`None`: none, or its task died).
-async fn in_flight(
-    commit: &mut Option<JoinHandle<(BTreeMap<i32, i64>, bool)>>,
-) -> Option<(BTreeMap<i32, i64>, bool)> {
-    let result = match commit.as_mut() {
-        Some(handle) => handle.await.ok(),
-        None => std::future::pending().await,
-    };
-    *commit = None;
-    result
 }
