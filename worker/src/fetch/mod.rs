@@ -1,11 +1,12 @@
-//! Fetching: one loop reads every partition this worker owns with one Fetch request per
-//! broker (kafka-group's [`RecordFetcher`]), decodes the records and hands them to the sink
-//! in offset order (a full sink queue, when the database is slow or down, pauses fetching).
+//! Fetching, the source of the worker's pipeline: one loop reads every partition this worker
+//! owns with one Fetch request per broker (kafka-group's [`RecordFetcher`](kafka_group::RecordFetcher)), passes each
+//! record through [`crate::decode`] and hands the sink each partition's records in offset
+//! order (a full sink queue, when the database is slow or down, pauses fetching).
+//!
 //! The rooms, along the records' path: [`assignment`] turns the group's assignments and
 //! revocations into commands to the loop ([`partitions`] keeps what it reads),
 //! [`fetch_loop`] asks the brokers, [`pacing`] (a pure policy) spaces and sizes the
-//! requests, [`start_offsets`] says where a partition without a commit starts, and the
-//! records go on, undecoded, to [`crate::decode`].
+//! requests, and [`start_offsets`] says where a partition without a commit starts.
 //!
 //! Why one loop and not one per partition: a broker answers a connection's requests one at a
 //! time, so per-partition loops over rskafka's shared connection either wait behind each
@@ -19,16 +20,18 @@
 //! returns at once with what accumulated.
 
 pub mod assignment;
-mod fetch_loop;
+pub mod fetch_loop;
 pub mod pacing;
-mod partitions;
+pub mod partitions;
 pub mod start_offsets;
 
 use kafka_group::{FetchLimits, OffsetReset};
 
 pub use assignment::Assignment;
-pub use pacing::{Pacing, BEHIND_MAX_WAIT};
+pub use pacing::Pacing;
 
+/// How the loop fetches: the request limits, the pacing, and where a partition without a
+/// commit starts.
 pub struct FetchSettings {
     pub limits: FetchLimits,
     pub pacing: Pacing,
