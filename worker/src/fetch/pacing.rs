@@ -32,7 +32,7 @@ pub struct FetchOutcome {
 
 /// A caught-up request asks for this many times `fill_bytes` (one: the answer then comes
 /// within one fill's time).
-const TAIL_FILLS: usize = 1;
+pub const TAIL_FILLS: usize = 1;
 
 /// How long a broker may hold a fetch while this worker is behind: a round's answers come
 /// back at once.
