@@ -19,22 +19,15 @@ use kafka_protocol::{
     protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes},
 };
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufStream},
-    net::TcpStream,
+    io::{AsyncReadExt, AsyncWriteExt, BufStream},
     sync::Mutex,
 };
 use tokio_rustls::rustls;
 
 use crate::{
-    diagnosis::{self, Probe},
     error::{Error, Result},
-    security::{self, Security},
+    transport::{self, tcp_connect, Transport},
 };
-
-/// The byte stream under a connection: plain TCP or TLS over TCP.
-pub(crate) trait Transport: AsyncRead + AsyncWrite + Send + Unpin {}
-
-impl<T: AsyncRead + AsyncWrite + Send + Unpin> Transport for T {}
 
 /// Responses larger than this are refused rather than allocated (a corrupt size prefix would
 /// otherwise ask for gigabytes).
@@ -61,46 +54,6 @@ impl std::fmt::Debug for Connection {
 }
 
 impl Connection {
-    /// Connects (through TLS when configured), asks the broker which API versions it
-    /// supports, and authenticates when SASL is configured: a connection this returns is
-    /// ready for any request. When the broker closes the connection where a listener with
-    /// other TLS or SASL settings would, the listener is probed and a mismatch is reported
-    /// as [`Error::Mismatch`] (see `diagnosis`).
-    pub async fn connect(
-        address: &str,
-        client_id: &str,
-        request_timeout: Duration,
-        security: &Security,
-    ) -> Result<Self> {
-        let probe = Probe {
-            address,
-            client_id,
-            timeout: request_timeout,
-            tls: security.tls.as_ref(),
-        };
-        let tcp = tcp_connect(address, request_timeout).await?;
-        let stream: Box<dyn Transport> = match &security.tls {
-            Some(config) => security::tls_handshake(tcp, config, &probe).await?,
-            None => Box::new(tcp),
-        };
-        let mut connection = Self::new(address, client_id, stream, request_timeout);
-        if let Err(e) = connection.negotiate_versions().await {
-            return Err(match &security.tls {
-                // A TLS listener closes at once (or answers an alert, which reads as no
-                // Kafka response); a timeout is no sign of one.
-                None if matches!(e, Error::Io(_) | Error::Decode(_)) => {
-                    diagnosis::after_plaintext_refused(&probe, e).await
-                }
-                None => e,
-                Some(_) => refused_after_handshake(e, address),
-            });
-        }
-        if let Some(sasl) = &security.sasl {
-            security::authenticate(&connection, sasl, &probe).await?;
-        }
-        Ok(connection)
-    }
-
     /// A connection without SASL whose failures are reported as they are: what the probes
     /// of a diagnosis use.
     pub(crate) async fn open(
@@ -111,7 +64,7 @@ impl Connection {
     ) -> Result<Self> {
         let tcp = tcp_connect(address, request_timeout).await?;
         let stream: Box<dyn Transport> = match tls {
-            Some(config) => security::wrap(tcp, address, config, request_timeout).await?,
+            Some(config) => transport::wrap(tcp, address, config, request_timeout).await?,
             None => Box::new(tcp),
         };
         let mut connection = Self::new(address, client_id, stream, request_timeout);
@@ -119,7 +72,7 @@ impl Connection {
         Ok(connection)
     }
 
-    fn new(
+    pub(crate) fn new(
         address: &str,
         client_id: &str,
         stream: Box<dyn Transport>,
@@ -137,7 +90,7 @@ impl Connection {
     }
 
     /// Asks which API versions the broker supports (the first request of every connection).
-    async fn negotiate_versions(&mut self) -> Result<()> {
+    pub(crate) async fn negotiate_versions(&mut self) -> Result<()> {
         // Version 0 is understood by every broker; its answer lists what else is.
         let response: ApiVersionsResponse = self
             .send_with_version(&ApiVersionsRequest::default(), 0, self.request_timeout)
@@ -272,15 +225,6 @@ impl Connection {
     }
 }
 
-async fn tcp_connect(address: &str, timeout: Duration) -> Result<TcpStream> {
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(address))
-        .await
-        .map_err(|_| Error::Timeout(format!("connecting to {address}")))?
-        .map_err(|e| Error::Io(format!("connecting to {address}: {e}")))?;
-    stream.set_nodelay(true).ok();
-    Ok(stream)
-}
-
 fn encode_request<R: Request>(
     request: &R,
     version: i16,
@@ -405,33 +349,6 @@ pub(crate) fn api_name(key: i16) -> String {
     ApiKey::try_from(key)
         .map(|k| format!("{k:?}"))
         .unwrap_or_else(|_| format!("api {key}"))
-}
-
-/// A TLS 1.3 server checks the client's certificate after the client considers the handshake
-/// done, so a refusal only shows as the connection closing under the first request. Said
-/// with its likely cause, but still an I/O error: a TLS proxy whose broker is down closes
-/// the same way, and that heals by retrying.
-fn refused_after_handshake(error: Error, address: &str) -> Error {
-    match error {
-        Error::Io(cause)
-            if [
-                "close_notify",
-                "end of file",
-                "alert",
-                "reset by peer",
-                "broken pipe",
-            ]
-            .iter()
-            .any(|sign| cause.to_lowercase().contains(sign)) =>
-        {
-            Error::Io(format!(
-                "{address} closed the TLS connection before answering its first request ({cause}): \
-                 a broker that requires a client certificate does this when none is presented, \
-                 or one it does not trust; a TLS proxy does it when its broker is down"
-            ))
-        }
-        error => error,
-    }
 }
 
 #[cfg(test)]

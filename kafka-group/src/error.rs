@@ -2,7 +2,7 @@
 
 use kafka_protocol::ResponseError;
 
-use crate::diagnosis::Mismatch;
+use crate::mismatch::Mismatch;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -66,21 +66,26 @@ mod connection;
 mod consumer_protocol;
 mod diagnosis;
 mod error;
+mod establish;
 mod fetch;
 mod member;
+mod mismatch;
 mod offsets;
+mod sasl;
 mod security;
 mod topics;
+mod transport;
 mod types;
 
 pub use assignor::{Assignor, MemberSubscription};
 pub use backoff::Backoff;
-pub use diagnosis::{speaks_tls, Mismatch};
+pub use diagnosis::speaks_tls;
 pub use error::{Error, Result};
 pub use fetch::{FetchLimits, FetchedRecord, PartitionRecords, RecordFetcher};
 /// The broker's error codes, as [`Error::protocol`] returns them.
 pub use kafka_protocol::ResponseError;
 pub use member::{GroupConfig, GroupEvent, GroupMember, Revocation};
+pub use mismatch::Mismatch;
 pub use offsets::{keda_desired_replicas, GroupAdmin, OffsetReset, PartitionLag};
 pub use security::{SaslCredentials, SaslMechanism, Security};
 /// The TLS library [`Security::tls`] is configured with (the one rskafka uses too).
