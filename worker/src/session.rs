@@ -132,7 +132,7 @@ fn sink_for(shared: &Shared, acks: mpsc::Sender<Ack>, abandon: CancellationToken
 /// Follows the group's assignments and the health of the writes until the session ends.
 async fn follow(
     shared: &Shared,
-    mut events: mpsc::UnboundedReceiver<GroupEvent>,
+    mut events: mpsc::Receiver<GroupEvent>,
     assignment: &mut Assignment,
     shutdown: &CancellationToken,
 ) -> Ended {

@@ -6,7 +6,7 @@ use std::{
 
 use kafka_group::{GroupConfig, GroupEvent, GroupMember, TopicPartition};
 use test_support::TestKafka;
-use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::mpsc::Receiver;
 
 pub const PARTITIONS: i32 = 12;
 pub const SESSION: Duration = Duration::from_secs(6);
@@ -75,7 +75,7 @@ pub fn config(bootstrap: &str, group: &str, topic: &str) -> GroupConfig {
 /// acknowledged at once (tests that care about revocation read events themselves).
 pub struct Tracked {
     pub member: GroupMember,
-    pub events: UnboundedReceiver<GroupEvent>,
+    pub events: Receiver<GroupEvent>,
     pub owned: BTreeSet<TopicPartition>,
     /// Revocations received so far.
     pub revocations: usize,

@@ -1,0 +1,207 @@
+//! A member of a consumer group: join, (as leader) assign, sync, heartbeat, leave, and
+//! recover from every normal group event. Runs as its own task; the application sees a
+//! stream of [`GroupEvent`]s and commits through [`GroupMember::commit`].
+//!
+//! Two rebalance protocols, chosen by the assignor the group agrees on:
+//! - eager (`rskafka-sticky`, `range`): on a rebalance the member revokes everything, then
+//!   rejoins; every partition pauses for the whole rebalance.
+//! - incremental cooperative (KIP-429, `cooperative-sticky`): the member rejoins while it
+//!   keeps fetching and committing, and afterwards revokes only what the new assignment no
+//!   longer gives it. If it revoked anything it rejoins once more, so the leader can hand
+//!   those partitions, now free, to their new owner.
+//!
+//! Every state change and retry is logged at debug level, so a member that waits says why.
+
+mod config;
+mod coordinator;
+mod events;
+mod join;
+mod state;
+mod task;
+#[cfg(test)]
+mod tests;
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex as StdMutex, MutexGuard, PoisonError},
+    time::Instant,
+};
+
+use tokio::{
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+};
+
+pub use config::GroupConfig;
+pub use events::{GroupEvent, Revocation};
+
+use crate::{
+    cluster::Cluster,
+    error::{Error, Result},
+    offsets::{self, GroupAdmin},
+    TopicPartition,
+};
+use coordinator::Link;
+use state::{Command, Membership};
+use task::MemberTask;
+
+/// Events waiting for the application. A member sends a few per rebalance (an assignment, a
+/// revocation it then waits on), so this is never full while the application reads them; an
+/// application that stops reading stalls the member (and its heartbeats) rather than losing
+/// an event it must act on.
+const EVENT_QUEUE: usize = 16;
+
+/// Handle to a running group member. Dropping it without [`leave`](Self::leave) stops the
+/// member abruptly, like a crash: the coordinator notices after the session timeout.
+pub struct GroupMember {
+    group_id: String,
+    instance_id: Option<String>,
+    admin: GroupAdmin,
+    state: Arc<StdMutex<Membership>>,
+    commands: mpsc::Sender<Command>,
+    task: StdMutex<Option<JoinHandle<()>>>,
+}
+
+impl GroupMember {
+    /// Starts joining the group in the background. Assignments arrive on the returned
+    /// receiver; keep reading it (a revocation waits for the application). The receiver
+    /// ends when the member stops: after [`leave`](Self::leave), or when another process
+    /// took over its group instance id (fenced).
+    pub fn start(config: GroupConfig) -> Result<(Self, mpsc::Receiver<GroupEvent>)> {
+        config.validate()?;
+        let cluster = Arc::new(Cluster::new(
+            config.bootstrap.clone(),
+            config.client_id.clone(),
+            config.request_timeout,
+            config.security.clone(),
+        ));
+        let admin = GroupAdmin::with_cluster(cluster);
+        let state = Arc::new(StdMutex::new(Membership::default()));
+        let (events, receiver) = mpsc::channel(EVENT_QUEUE);
+        let (commands, command_receiver) = mpsc::channel(1);
+        let task = MemberTask {
+            coordinator: Link {
+                admin: admin.clone(),
+                group_id: config.group_id.clone(),
+                connection: None,
+            },
+            config: config.clone(),
+            state: Arc::clone(&state),
+            events,
+            owned: Vec::new(),
+            owned_generation: -1,
+            partition_counts: BTreeMap::new(),
+            last_contact: Instant::now(),
+            last_leader: String::new(),
+            members: 0,
+        };
+        let task = tokio::spawn(task.run(command_receiver));
+        Ok((
+            Self {
+                group_id: config.group_id,
+                instance_id: config.group_instance_id,
+                admin,
+                state,
+                commands,
+                task: StdMutex::new(Some(task)),
+            },
+            receiver,
+        ))
+    }
+
+    /// Commits `offsets` (the next offset to read, per partition) as this member of the
+    /// current generation. Under the cooperative protocol this also works while the group
+    /// rebalances, except in the short moment between JoinGroup and SyncGroup. Fails with
+    /// `RebalanceInProgress`, `IllegalGeneration` or `UnknownMemberId` when the group moved
+    /// on; the owner then starts from the last successful commit, so nothing is skipped.
+    pub async fn commit(&self, offsets: &BTreeMap<TopicPartition, i64>) -> Result<()> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let identity = {
+            let state = self.membership();
+            offsets::MemberIdentity {
+                member_id: state.member_id.clone(),
+                generation: state.generation,
+                instance_id: self.instance_id.clone(),
+            }
+        };
+        self.admin
+            .commit_as(&self.group_id, &identity, offsets)
+            .await
+    }
+
+    /// The group's committed offsets for `partitions` (`None`: nothing committed yet).
+    pub async fn committed(
+        &self,
+        partitions: &[TopicPartition],
+    ) -> Result<BTreeMap<TopicPartition, Option<i64>>> {
+        self.admin.committed(&self.group_id, partitions).await
+    }
+
+    /// The partitions this member owns right now.
+    pub fn assignment(&self) -> Vec<TopicPartition> {
+        self.membership().assigned.clone()
+    }
+
+    /// The member id the coordinator gave this member (empty before the first join).
+    pub fn member_id(&self) -> String {
+        self.membership().member_id.clone()
+    }
+
+    pub fn generation(&self) -> i32 {
+        self.membership().generation
+    }
+
+    /// Whether this member led the generation it last joined.
+    pub fn is_leader(&self) -> bool {
+        self.membership().leader
+    }
+
+    /// Whether the member holds an assignment of the current generation (not joining or
+    /// rebalancing).
+    pub fn is_stable(&self) -> bool {
+        self.membership().stable
+    }
+
+    /// Why the member is not in the group yet, when its last attempt to join failed (a
+    /// refused group authorization, an unreachable coordinator...). `None` once it joined.
+    pub fn join_problem(&self) -> Option<Error> {
+        self.membership().join_error.clone()
+    }
+
+    /// Offsets and lag without membership, sharing this member's connections.
+    pub fn admin(&self) -> &GroupAdmin {
+        &self.admin
+    }
+
+    /// The state the member task writes. Every update is a plain assignment, so a panic
+    /// elsewhere cannot leave it half written: a poisoned lock is read as it is.
+    fn membership(&self) -> MutexGuard<'_, Membership> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Leaves the group so it rebalances at once. Commit before calling this. A revocation
+    /// the application has not acknowledged yet is not waited for: leaving says the
+    /// application is done. The member stops; later calls fail with [`Error::Stopped`].
+    pub async fn leave(&self) -> Result<()> {
+        let (reply, result) = oneshot::channel();
+        if self.commands.send(Command::Leave(reply)).await.is_err() {
+            return Err(Error::Stopped);
+        }
+        let result = result.await.unwrap_or(Err(Error::Stopped));
+        let task = self.task.lock().expect("task lock").take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        result
+    }
+}
+
+impl Drop for GroupMember {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.get_mut().ok().and_then(Option::take) {
+            task.abort();
+        }
+    }
+}

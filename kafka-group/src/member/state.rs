@@ -1,0 +1,30 @@
+//! What the member task and the application's handle share: the membership as it stands,
+//! and the commands the handle sends the task.
+
+use tokio::sync::oneshot;
+
+use crate::{
+    assignor::Assignor,
+    error::{Error, Result},
+    TopicPartition,
+};
+
+/// What the application and the member task both see.
+#[derive(Debug, Default, Clone)]
+pub(super) struct Membership {
+    pub member_id: String,
+    pub generation: i32,
+    pub assigned: Vec<TopicPartition>,
+    /// Between an assignment and the next rebalance.
+    pub stable: bool,
+    /// The assignor (and so the rebalance protocol) of the current generation.
+    pub protocol: Option<Assignor>,
+    /// Whether this member leads the current generation (computes the assignment).
+    pub leader: bool,
+    /// Why the last attempt to join failed, until one succeeds.
+    pub join_error: Option<Error>,
+}
+
+pub(super) enum Command {
+    Leave(oneshot::Sender<Result<()>>),
+}
