@@ -1,16 +1,11 @@
 //! Error responses: every failure is JSON `{error, message, field?}` with the right status.
 
-use poem::{http::header, IntoResponse, Response};
-use poem_openapi::{
-    error::{ParseParamError, ParsePathError},
-    payload::Json,
-    ApiResponse, Object, OperationId,
-};
+use poem_openapi::{payload::Json, ApiResponse, Object};
 use purchase::{validation::ErrorKind, ValidationError};
 use uuid::Uuid;
 
 use crate::{
-    api::model::location_of,
+    api::paths::location_of,
     auth::{Failure, Refusal},
     idempotency::IDEMPOTENCY_KEY_HEADER,
 };
@@ -34,7 +29,7 @@ pub struct ErrorBody {
 }
 
 impl ErrorBody {
-    fn new(error: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(error: &str, message: impl Into<String>) -> Self {
         Self {
             error: error.to_string(),
             message: message.into(),
@@ -82,7 +77,7 @@ pub enum ApiError {
 
 /// Answers given before any handler runs: by the router (a path without this method) and by
 /// the payload extractor (a body that is not JSON). Never built by a handler; it documents
-/// them on each operation (`api::WithRouterAnswers`), and `render_error` gives them their
+/// them on each operation (`api::WithRouterAnswers`), and `api::render::render_error` gives them their
 /// JSON body.
 #[derive(Debug, ApiResponse)]
 pub enum RouterError {
@@ -213,81 +208,5 @@ impl ApiError {
             format!("{message}; could not read purchases, try again"),
             retry_after,
         )
-    }
-}
-
-/// Turns any error into a JSON response. Errors we built are JSON already; a parameter that
-/// did not parse (poem-openapi's error, carrying our parser's message) names the parameter
-/// like our body errors do; poem's own (no such route, wrong method, unsupported media type)
-/// are plain text and get wrapped with their status and message.
-pub fn render_error(err: poem::Error) -> Response {
-    if let Some(e) = err.downcast_ref::<ParseParamError>() {
-        return ApiError::invalid_param(e.name, plain_reason(&e.reason)).into_response();
-    }
-    if let Some(e) = err.downcast_ref::<ParsePathError>() {
-        let field = err
-            .data::<OperationId>()
-            .and_then(|operation| crate::api::path_parameter_name(operation.0, e.name))
-            .unwrap_or(e.name);
-        return ApiError::invalid_param(field, plain_reason(&e.reason)).into_response();
-    }
-    let status = err.status();
-    let text = err.to_string();
-    let response = err.into_response();
-    let is_json = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if is_json {
-        return response;
-    }
-    let code = status
-        .canonical_reason()
-        .unwrap_or("error")
-        .to_ascii_lowercase()
-        .replace(' ', "_");
-    let message = match status.as_u16() {
-        404 => "no such route; see /docs for the API".to_string(),
-        405 => "method not allowed on this route; see /docs".to_string(),
-        415 => format!("{text}; send the body as JSON with `Content-Type: application/json`"),
-        _ => text,
-    };
-    let mut fixed = poem::web::Json(ErrorBody::new(&code, message)).into_response();
-    fixed.set_status(status);
-    fixed
-}
-
-/// A parameter parser's own message without the frame poem-openapi puts around it
-/// (`failed to parse "limit": ... (occurred while parsing "optional_limit")`), whose type names
-/// mean nothing to a client. A message in another shape is left as it is.
-fn plain_reason(reason: &str) -> &str {
-    let reason = reason
-        .strip_prefix("failed to parse \"")
-        .and_then(|rest| rest.split_once("\": "))
-        .map_or(reason, |(_, message)| message);
-    match reason.rfind(" (occurred while parsing \"") {
-        Some(frame) if reason.ends_with("\")") => &reason[..frame],
-        _ => reason,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::plain_reason;
-
-    #[test]
-    fn parameter_messages_lose_poem_openapis_type_names() {
-        assert_eq!(
-            plain_reason(
-                r#"failed to parse "limit": must be 1 to 100 (occurred while parsing "optional_limit")"#
-            ),
-            "must be 1 to 100"
-        );
-        assert_eq!(
-            plain_reason(r#"failed to parse "userId": contains '/'"#),
-            "contains '/'"
-        );
-        assert_eq!(plain_reason("value is required"), "value is required");
     }
 }

@@ -1,5 +1,5 @@
 //! Prometheus metrics of the gateway, named `gateway_<what>_<unit>`, and the HTTP layer that
-//! records them and turns every error into a JSON body.
+//! records them.
 
 use std::time::Instant;
 
@@ -8,7 +8,7 @@ use poem::{Endpoint, IntoResponse, Request, Response};
 use poem_openapi::OperationId;
 use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, Registry};
 
-use crate::{auth::Reason, error::render_error};
+use crate::auth::Reason;
 
 pub struct Metrics {
     registry: Registry,
@@ -119,8 +119,8 @@ impl Default for Metrics {
 /// matches no operation is `unmatched`, which keeps label cardinality bounded.
 const STATIC_ROUTES: &[&str] = &["/metrics", "/openapi.json", "/docs"];
 
-/// Outermost layer: records request count and latency by route, and renders any error as
-/// JSON so every 4xx/5xx, even a 404 for an unknown path, has a body that says what is wrong.
+/// Records request count and latency by route (the operation the response names; errors
+/// reach it already rendered, see `api::render`).
 pub async fn observe<E: Endpoint>(next: E, req: Request, metrics: &Metrics) -> Response {
     let started = Instant::now();
     let method = req.method().to_string();
@@ -130,7 +130,8 @@ pub async fn observe<E: Endpoint>(next: E, req: Request, metrics: &Metrics) -> R
             let resp = resp.into_response();
             (resp.data::<OperationId>().map(|o| o.0), resp)
         }
-        Err(err) => (err.data::<OperationId>().map(|o| o.0), render_error(err)),
+        // Not on the gateway's routes, whose errors are rendered inside this layer.
+        Err(err) => (err.data::<OperationId>().map(|o| o.0), err.into_response()),
     };
     let route = route.unwrap_or_else(|| {
         STATIC_ROUTES

@@ -177,6 +177,7 @@ fn routes(state: Arc<AppState>, max_body_bytes: usize) -> impl poem::Endpoint {
         .data(BodyLimit(max_body_bytes))
         .around(allow_on_405)
         .around(crate::request_trace::trace_request)
+        .around(|next, req| async move { Ok(api::render::render_errors(next, req).await) })
         .around(move |next, req| {
             let metrics = Arc::clone(&metrics);
             async move { Ok(metrics::observe(next, req, &metrics).await) }
@@ -195,7 +196,7 @@ async fn allow_on_405<E: poem::Endpoint>(
     let uri = req.uri().clone();
     match next.call(req).await {
         Err(err) if err.status() == http::StatusCode::METHOD_NOT_ALLOWED => {
-            let mut response = crate::error::render_error(err);
+            let mut response = api::render::render_error(err);
             if let Some(allow) = api::allowed_methods(uri.path()) {
                 response
                     .headers_mut()

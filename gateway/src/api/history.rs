@@ -1,4 +1,5 @@
-//! History reads: a user's purchases page by page, and one purchase by id.
+//! History reads: a user's purchases page by page, one purchase by id, and the seed routes'
+//! plain arrays of a user's purchases.
 
 use std::sync::Arc;
 
@@ -108,4 +109,28 @@ pub(super) fn mongo_unavailable(state: &AppState, error: mongodb::error::Error) 
         "the purchase database did not answer"
     };
     ApiError::unavailable_read("mongodb", message, state.retry_after_seconds)
+}
+
+/// The seeds returned every purchase at once; we cap a response at this many (newest).
+pub const LEGACY_MAX: u32 = 1000;
+
+/// `limit` on the seed routes: default and maximum `LEGACY_MAX`.
+pub type LegacyLimit = PageLimit<LEGACY_MAX, LEGACY_MAX>;
+
+/// `owner`'s purchases, narrowed to `only_user_id`'s when the caller may not read others'.
+pub(super) async fn purchase_array(
+    state: &AppState,
+    owner: Owner<'_>,
+    only_user_id: Option<&str>,
+    limit: Option<LegacyLimit>,
+) -> Result<Json<Vec<Purchase>>, ApiError> {
+    let limit = LegacyLimit::or_default(limit);
+    let page = state
+        .history
+        .page(owner, only_user_id, limit, None)
+        .await
+        .map_err(|e| mongo_unavailable(state, e))?;
+    Ok(Json(
+        page.purchases.into_iter().map(Purchase::from).collect(),
+    ))
 }

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use super::{
-    history::mongo_unavailable,
+    history::{purchase_array, LegacyLimit},
     model::Purchase,
-    params::{PageLimit, UserIdParam, UsernameParam},
+    params::{UserIdParam, UsernameParam},
     purchases::{accept, CreatedResponse, IdempotencyKeyHeader},
     security::Authenticated,
     ApiTags,
@@ -20,12 +20,6 @@ use poem_openapi::{
     payload::Json,
     OpenApi,
 };
-
-/// The seeds returned every purchase at once; we cap a response at this many (newest).
-pub const LEGACY_MAX: u32 = 1000;
-
-/// `limit` on the seed routes: default and maximum `LEGACY_MAX`.
-pub type LegacyLimit = PageLimit<LEGACY_MAX, LEGACY_MAX>;
 
 pub struct LegacyApi;
 
@@ -83,7 +77,7 @@ impl LegacyApi {
     ) -> Result<Json<Vec<Purchase>>, ApiError> {
         let user_id = user_id.0 .0.as_str();
         caller.check(&state, Action::Read, user_id, "userId")?;
-        list(&state, Owner::UserId(user_id), None, limit.0).await
+        purchase_array(&state, Owner::UserId(user_id), None, limit.0).await
     }
 
     /// A user's purchases by username as an array (cm-api `/buyList`)
@@ -105,7 +99,7 @@ impl LegacyApi {
         limit: Query<Option<LegacyLimit>>,
     ) -> Result<Json<Vec<Purchase>>, ApiError> {
         let owner = Owner::Username(username.0 .0.as_str());
-        list(&state, owner, caller.0.readable_user_id(), limit.0).await
+        purchase_array(&state, owner, caller.0.readable_user_id(), limit.0).await
     }
 
     /// Purchases whose userId or username is `user`, as an array (api-server)
@@ -157,23 +151,5 @@ async fn all_user_buys(
     limit: Option<LegacyLimit>,
 ) -> Result<Json<Vec<Purchase>>, ApiError> {
     let owner = Owner::UserIdOrUsername(user.0.as_str());
-    list(state, owner, caller.0.readable_user_id(), limit).await
-}
-
-/// `owner`'s purchases, narrowed to `only_user_id`'s when the caller may not read others'.
-pub(super) async fn list(
-    state: &AppState,
-    owner: Owner<'_>,
-    only_user_id: Option<&str>,
-    limit: Option<LegacyLimit>,
-) -> Result<Json<Vec<Purchase>>, ApiError> {
-    let limit = LegacyLimit::or_default(limit);
-    let page = state
-        .history
-        .page(owner, only_user_id, limit, None)
-        .await
-        .map_err(|e| mongo_unavailable(state, e))?;
-    Ok(Json(
-        page.purchases.into_iter().map(Purchase::from).collect(),
-    ))
+    purchase_array(state, owner, caller.0.readable_user_id(), limit).await
 }

@@ -6,7 +6,9 @@ mod legacy;
 pub(crate) mod model;
 mod ops;
 mod params;
+pub mod paths;
 mod purchases;
+pub mod render;
 mod security;
 
 use std::{collections::HashMap, sync::LazyLock};

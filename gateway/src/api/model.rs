@@ -56,7 +56,3 @@ pub struct PurchasePage {
     #[oai(skip_serializing_if_is_none)]
     pub next_cursor: Option<Uuid>,
 }
-
-pub fn location_of(event_id: Uuid) -> String {
-    format!("/api/purchases/{event_id}")
-}

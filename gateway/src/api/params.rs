@@ -1,7 +1,7 @@
 //! Path and query parameters as domain types. Each one parses with the domain's own rule
 //! (`UserId::parse`, `Username::parse`) and describes that rule in the spec, so the spec
 //! cannot promise more or less than the server takes. A refusal is a `ParseParamError`
-//! naming the parameter, which `error::render_error` turns into our JSON error.
+//! naming the parameter, which `api::render::render_error` turns into our JSON error.
 
 use std::borrow::Cow;
 

@@ -10,9 +10,10 @@ use purchase::{NewPurchase, PurchaseEvent};
 use poem_openapi::param::{Header, Query};
 
 use super::{
-    legacy::{self, LegacyLimit},
-    model::{location_of, Accepted, Purchase},
+    history::{purchase_array, LegacyLimit},
+    model::{Accepted, Purchase},
     params::UserIdParam,
+    paths::location_of,
     security::Authenticated,
     ApiTags,
 };
@@ -84,7 +85,7 @@ impl PurchasesApi {
     ) -> Result<Json<Vec<Purchase>>, ApiError> {
         let user_id = user_id.0 .0.as_str();
         caller.check(&state, Action::Read, user_id, "userId")?;
-        legacy::list(&state, Owner::UserId(user_id), None, limit.0).await
+        purchase_array(&state, Owner::UserId(user_id), None, limit.0).await
     }
 }
 
