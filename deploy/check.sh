@@ -2,7 +2,8 @@
 # Offline proof of the deployment: render every kustomization and the Helm chart with each of
 # its ci/ values files, validate the objects against the Kubernetes and KEDA schemas, check
 # they agree with the binaries and with each other, run checkov on the renders and the
-# Dockerfile, and actionlint on the CI workflow. Needs kubectl (with kustomize), the pinned
+# Dockerfile, actionlint on the CI workflow, and read docker-compose.yml as Docker Compose does
+# (worker/tests/compose.rs: the Compose Specification, checked against the binaries). Needs kubectl (with kustomize), the pinned
 # helm (scripts/install-helm.sh) and the test virtualenv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,6 +52,11 @@ echo "helm lint --strict and helm template: $chart with ci/ values ${names[*]}"
 
 cargo build -q -p gateway -p worker
 "$venv/python" deploy/validate.py "$render" target/debug/gateway target/debug/worker
+
+# docker-compose.yml: no Docker engine here, so it is read by the compose_spec crate (the
+# Compose Specification, merge keys applied) and checked against the binaries' settings.
+cargo test -q -p worker --test compose
+echo "docker-compose.yml: valid Compose file; gateway and worker get only variables they read"
 
 # The chart renders what the kustomizations render, where both render the same thing.
 "$venv/python" deploy/compare.py "$render/chart-monitoring-on.yaml" "$render/kustomize-base.yaml" \
