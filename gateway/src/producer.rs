@@ -332,39 +332,59 @@ async fn send_batches(
             .produce_duration
             .observe(started.elapsed().as_secs_f64());
         reachable = result.is_ok();
-        match result {
-            Ok(offsets) => {
-                refusal.set(None);
-                for (waiter, offset) in waiters.into_iter().zip(offsets) {
-                    let _ = waiter.send(Ok(offset));
-                }
+        answer(
+            waiters,
+            result,
+            client.topic(),
+            client.partition(),
+            &metrics,
+            &refusal,
+        );
+    }
+}
+
+/// Tells each caller of a produce call how it ended: its offset; "refused, nothing stored"
+/// when the broker's ACLs refused the write (checked before anything is appended); otherwise
+/// "unconfirmed", because the broker may have appended it.
+fn answer(
+    waiters: Vec<oneshot::Sender<Result<i64, ProduceError>>>,
+    result: Result<Vec<i64>, KafkaError>,
+    topic: &str,
+    partition: i32,
+    metrics: &Metrics,
+    refusal: &Refusal,
+) {
+    match result {
+        Ok(offsets) => {
+            refusal.set(None);
+            for (waiter, offset) in waiters.into_iter().zip(offsets) {
+                let _ = waiter.send(Ok(offset));
             }
-            Err(KafkaError::ServerError {
-                protocol_error:
-                    refusal_code @ (ProtocolError::TopicAuthorizationFailed
-                    | ProtocolError::ClusterAuthorizationFailed),
-                ..
-            }) => {
-                // The broker checked its ACLs before appending anything: nothing was
-                // written, and the callers learn so, truthfully.
-                metrics.produce_errors.inc();
-                let why = format!(
-                    "the brokers refuse this gateway's user writes to topic {} ({refusal_code:?}): grant it Write on the topic",
-                    client.topic()
-                );
-                REFUSED_PRODUCES.failed(&why);
-                refusal.set(Some(why.clone()));
-                for waiter in waiters {
-                    let _ = waiter.send(Err(ProduceError::Refused(why.clone())));
-                }
+        }
+        Err(KafkaError::ServerError {
+            protocol_error:
+                refusal_code @ (ProtocolError::TopicAuthorizationFailed
+                | ProtocolError::ClusterAuthorizationFailed),
+            ..
+        }) => {
+            // The broker checked its ACLs before appending anything: nothing was
+            // written, and the callers learn so, truthfully.
+            metrics.produce_errors.inc();
+            let why = format!(
+                "the brokers refuse this gateway's user writes to topic {topic} ({refusal_code:?}): grant it Write on the topic"
+            );
+            REFUSED_PRODUCES.failed(&why);
+            refusal.set(Some(why.clone()));
+            for waiter in waiters {
+                let _ = waiter.send(Err(ProduceError::Refused(why.clone())));
             }
-            Err(e) => {
-                metrics.produce_errors.inc();
-                tracing::warn!(topic = client.topic(), partition = client.partition(), error = %e, "produce failed");
-                let reason = e.to_string();
-                for waiter in waiters {
-                    let _ = waiter.send(Err(ProduceError::Unconfirmed(reason.clone())));
-                }
+        }
+        Err(e) => {
+            metrics.produce_errors.inc();
+            tracing::warn!(topic, partition, error = %e, "produce failed");
+            let reason = e.to_string();
+            for waiter in waiters {
+                let _ = waiter.send(Err(ProduceError::Unconfirmed(reason.clone())));
             }
         }
     }

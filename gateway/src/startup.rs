@@ -48,61 +48,8 @@ impl Application {
         // First: a gateway that cannot check tokens must not start, and says so before it
         // waits for any dependency.
         let auth = Authenticator::start(&config.auth).await?;
-        let brokers = config.kafka.events.brokers.join(",");
-        let kafka_security = kafka_security::resolve(&config.kafka.events.security)
-            .context("invalid Kafka security settings")?;
-        let kafka = kafka::connect(&config.kafka_for_producing(), &kafka_security)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot connect to Kafka at {brokers} ({})",
-                    kafka_security::describe(&kafka_security)
-                )
-            })?;
-        let topics = kafka::topic_admin(&config.kafka, &kafka_security);
-        let partitions = kafka::ensure_topic(&topics, &config.kafka, kafka::PRODUCE)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot create or describe topic {}",
-                    config.kafka.events.topic
-                )
-            })?;
-        let producer = PurchaseProducer::start(
-            &kafka,
-            &config.kafka.events.topic,
-            partitions,
-            config.produce.clone(),
-            Arc::clone(&metrics),
-        )
-        .await
-        .with_context(|| {
-            format!(
-                "cannot reach the leaders of topic {}",
-                config.kafka.events.topic
-            )
-        })?;
-
-        let mongo::Opened {
-            db,
-            access: mongo_access,
-            ..
-        } = mongo::open(&config.mongo, "gateway", MONGO_NEEDS)
-            .await
-            .context("cannot use MongoDB")?;
-        tokio::spawn(mongo::ensure_indexes_until_done(db.clone()));
-        let reservations = Reservations::start(
-            &db,
-            config.produce.idempotency_key_retention,
-            config.produce.timeout,
-        );
-        tokio::spawn({
-            let reservations = reservations.clone();
-            async move {
-                mongo::retry_until_done("idempotency key indexes", || reservations.ensure_index())
-                    .await
-            }
-        });
+        let (producer, topics, partitions) = start_kafka(&config, &metrics).await?;
+        let (db, mongo_access, reservations) = start_mongo(&config).await?;
 
         let acceptor = TcpListener::bind(config.listen)
             .into_acceptor()
@@ -157,6 +104,76 @@ impl Application {
         tracing::info!("gateway stopped");
         Ok(())
     }
+}
+
+/// The producer on a topic that exists and that this gateway may write, with the topic admin
+/// readiness asks and the topic's partition count.
+async fn start_kafka(
+    config: &GatewayConfig,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<(PurchaseProducer, kafka::TopicAdmin, i32)> {
+    let brokers = config.kafka.events.brokers.join(",");
+    let kafka_security = kafka_security::resolve(&config.kafka.events.security)
+        .context("invalid Kafka security settings")?;
+    let kafka = kafka::connect(&config.kafka_for_producing(), &kafka_security)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot connect to Kafka at {brokers} ({})",
+                kafka_security::describe(&kafka_security)
+            )
+        })?;
+    let topics = kafka::topic_admin(&config.kafka, &kafka_security);
+    let partitions = kafka::ensure_topic(&topics, &config.kafka, kafka::PRODUCE)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot create or describe topic {}",
+                config.kafka.events.topic
+            )
+        })?;
+    let producer = PurchaseProducer::start(
+        &kafka,
+        &config.kafka.events.topic,
+        partitions,
+        config.produce.clone(),
+        Arc::clone(metrics),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "cannot reach the leaders of topic {}",
+            config.kafka.events.topic
+        )
+    })?;
+    Ok((producer, topics, partitions))
+}
+
+/// The database, its access check (for readiness) and the idempotency reservations; their
+/// indexes are made in the background until the database takes them.
+async fn start_mongo(
+    config: &GatewayConfig,
+) -> anyhow::Result<(mongodb::Database, mongo::AccessCheck, Reservations)> {
+    let mongo::Opened {
+        db,
+        access: mongo_access,
+        ..
+    } = mongo::open(&config.mongo, "gateway", MONGO_NEEDS)
+        .await
+        .context("cannot use MongoDB")?;
+    tokio::spawn(mongo::ensure_indexes_until_done(db.clone()));
+    let reservations = Reservations::start(
+        &db,
+        config.produce.idempotency_key_retention,
+        config.produce.timeout,
+    );
+    tokio::spawn({
+        let reservations = reservations.clone();
+        async move {
+            mongo::retry_until_done("idempotency key indexes", || reservations.ensure_index()).await
+        }
+    });
+    Ok((db, mongo_access, reservations))
 }
 
 fn routes(state: Arc<AppState>, max_body_bytes: usize) -> impl poem::Endpoint {

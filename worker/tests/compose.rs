@@ -80,7 +80,10 @@ fn the_apps_wait_only_for_services_the_file_defines() {
         };
         assert!(!waits_for.is_empty(), "{app} waits for nothing");
         for dependency in waits_for {
-            assert!(names.contains(&dependency), "{app} waits for undefined {dependency}");
+            assert!(
+                names.contains(&dependency),
+                "{app} waits for undefined {dependency}"
+            );
         }
     }
 }
