@@ -112,26 +112,15 @@ async fn start_kafka(
     config: &GatewayConfig,
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<(PurchaseProducer, kafka::TopicAdmin, i32)> {
-    let brokers = config.kafka.events.brokers.join(",");
     let kafka_security = kafka_security::resolve(&config.kafka.events.security)
         .context("invalid Kafka security settings")?;
     let kafka = kafka::connect(&config.kafka_for_producing(), &kafka_security)
         .await
-        .with_context(|| {
-            format!(
-                "cannot connect to Kafka at {brokers} ({})",
-                kafka_security::describe(&kafka_security)
-            )
-        })?;
+        .with_context(|| kafka::connecting_to(&config.kafka_for_producing(), &kafka_security))?;
     let topics = kafka::topic_admin(&config.kafka, &kafka_security);
     let partitions = kafka::ensure_topic(&topics, &config.kafka, kafka::PRODUCE)
         .await
-        .with_context(|| {
-            format!(
-                "cannot create or describe topic {}",
-                config.kafka.events.topic
-            )
-        })?;
+        .with_context(|| kafka::preparing_topic(&config.kafka))?;
     let producer = PurchaseProducer::start(
         &kafka,
         &config.kafka.events.topic,

@@ -67,6 +67,16 @@ pub async fn connect(args: &KafkaArgs, security: &Security) -> Result<Client, Co
         })
 }
 
+/// What a failed [`connect`] was trying to do, for the start-up error: which brokers, with
+/// which security.
+pub fn connecting_to(args: &KafkaArgs, security: &Security) -> String {
+    format!(
+        "cannot connect to Kafka at {} ({})",
+        args.events.brokers.join(","),
+        kafka_security::describe(security)
+    )
+}
+
 /// The topic admin of `args`' brokers: lookups and creation on kafka-group's connections,
 /// never on the producer's rskafka client, whose leader cache a full metadata lookup would
 /// refill with an answer that goes stale at the next leader move.
@@ -87,6 +97,11 @@ pub fn group_admin(args: &KafkaArgs, security: &Security) -> GroupAdmin {
         args.retry_deadline,
     )
     .with_security(security.clone())
+}
+
+/// What a failed [`ensure_topic`] was doing, for the start-up error.
+pub fn preparing_topic(args: &KafkaArgs) -> String {
+    format!("cannot create or describe topic {}", args.events.topic)
 }
 
 /// Creates the topic when missing and returns its real partition count (which wins over

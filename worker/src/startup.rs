@@ -45,7 +45,6 @@ pub struct Worker {
 
 impl Worker {
     pub async fn build(config: WorkerConfig) -> anyhow::Result<Self> {
-        let brokers = config.kafka.events.brokers.join(",");
         let security = kafka_security::resolve(&config.kafka.events.security)
             .context("invalid Kafka security settings")?;
         let group = config.group_config(&security);
@@ -54,21 +53,11 @@ impl Worker {
             .context("invalid consumer group settings")?;
         let kafka = kafka::connect(&config.kafka, &security)
             .await
-            .with_context(|| {
-                format!(
-                    "cannot connect to Kafka at {brokers} ({})",
-                    kafka_security::describe(&security)
-                )
-            })?;
+            .with_context(|| kafka::connecting_to(&config.kafka, &security))?;
         let topics = kafka::topic_admin(&config.kafka, &security);
         kafka::ensure_topic(&topics, &config.kafka, kafka::CONSUME)
             .await
-            .with_context(|| {
-                format!(
-                    "cannot create or describe topic {}",
-                    config.kafka.events.topic
-                )
-            })?;
+            .with_context(|| kafka::preparing_topic(&config.kafka))?;
         let dead_letters = dead_letters(&kafka, &topics, &config.kafka, &config.dlq_topic).await?;
         check_group_access(&config, &security).await?;
 

@@ -24,7 +24,6 @@ mod tests;
 use std::{
     collections::BTreeMap,
     sync::{Arc, Mutex as StdMutex, MutexGuard, PoisonError},
-    time::Instant,
 };
 
 use tokio::{
@@ -79,22 +78,12 @@ impl GroupMember {
         let state = Arc::new(StdMutex::new(Membership::default()));
         let (events, receiver) = mpsc::channel(EVENT_QUEUE);
         let (commands, command_receiver) = mpsc::channel(1);
-        let task = MemberTask {
-            coordinator: Link {
-                admin: admin.clone(),
-                group_id: config.group_id.clone(),
-                connection: None,
-            },
-            config: config.clone(),
-            state: Arc::clone(&state),
-            events,
-            owned: Vec::new(),
-            owned_generation: -1,
-            partition_counts: BTreeMap::new(),
-            last_contact: Instant::now(),
-            last_leader: String::new(),
-            members: 0,
+        let link = Link {
+            admin: admin.clone(),
+            group_id: config.group_id.clone(),
+            connection: None,
         };
+        let task = MemberTask::new(link, config.clone(), Arc::clone(&state), events);
         let task = tokio::spawn(task.run(command_receiver));
         Ok((
             Self {

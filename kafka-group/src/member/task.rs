@@ -71,6 +71,27 @@ pub(super) struct MemberTask<C> {
 }
 
 impl<C: Coordinator> MemberTask<C> {
+    /// A member that has not joined yet and owns nothing.
+    pub fn new(
+        coordinator: C,
+        config: GroupConfig,
+        state: Arc<StdMutex<Membership>>,
+        events: mpsc::Sender<GroupEvent>,
+    ) -> Self {
+        Self {
+            coordinator,
+            config,
+            state,
+            events,
+            owned: Vec::new(),
+            owned_generation: -1,
+            partition_counts: BTreeMap::new(),
+            last_contact: Instant::now(),
+            last_leader: String::new(),
+            members: 0,
+        }
+    }
+
     /// The member's life, from its first join to its leave. One piece on purpose: every
     /// state's way out is a branch of this loop, and which state follows which is read here,
     /// in one place.

@@ -208,18 +208,12 @@ fn start(script: Script, configure: impl FnOnce(&mut GroupConfig)) -> Member {
     let coordinator = Scripted(Arc::new(StdMutex::new(script)));
     let (events, receiver) = mpsc::channel(super::EVENT_QUEUE);
     let (commands, command_receiver) = mpsc::channel(1);
-    let task = MemberTask {
-        coordinator: coordinator.clone(),
+    let task = MemberTask::new(
+        coordinator.clone(),
         config,
-        state: Arc::new(StdMutex::new(Membership::default())),
+        Arc::new(StdMutex::new(Membership::default())),
         events,
-        owned: Vec::new(),
-        owned_generation: -1,
-        partition_counts: BTreeMap::new(),
-        last_contact: Instant::now(),
-        last_leader: String::new(),
-        members: 0,
-    };
+    );
     Member {
         coordinator,
         events: receiver,
@@ -425,21 +419,27 @@ async fn a_member_the_coordinator_dropped_loses_its_partitions_and_rejoins_as_a_
     member.leave().await;
 }
 
-#[tokio::test]
-async fn a_leaving_leader_sends_leave_group_by_default() {
+/// A leader of two members, assigned, then leaving: what it sent.
+async fn leader_of_two_leaves(configure: impl FnOnce(&mut GroupConfig)) -> Vec<Sent> {
     let mut member = start(
         Script {
             joins: [joined(1, "m1", "m1", &["m1", "m2"])].into(),
             syncs: [synced(&[0, 1])].into(),
             ..Script::default()
         },
-        |_| {},
+        configure,
     );
     assigned(member.next_event().await);
     let coordinator = member.coordinator.clone();
     member.leave().await;
+    coordinator.sent()
+}
+
+#[tokio::test]
+async fn a_leaving_leader_sends_leave_group_by_default() {
+    let sent = leader_of_two_leaves(|_| {}).await;
     assert_eq!(
-        coordinator.sent().last(),
+        sent.last(),
         Some(&Sent::Leave {
             member_id: "m1".into()
         })
@@ -448,24 +448,10 @@ async fn a_leaving_leader_sends_leave_group_by_default() {
 
 #[tokio::test]
 async fn a_leader_of_others_that_must_not_send_leave_group_lets_its_session_expire() {
-    let mut member = start(
-        Script {
-            joins: [joined(1, "m1", "m1", &["m1", "m2"])].into(),
-            syncs: [synced(&[0, 1])].into(),
-            ..Script::default()
-        },
-        |config| config.leader_sends_leave_group = false,
-    );
-    assigned(member.next_event().await);
-    let coordinator = member.coordinator.clone();
-    member.leave().await;
+    let sent = leader_of_two_leaves(|config| config.leader_sends_leave_group = false).await;
     assert!(
-        !coordinator
-            .sent()
-            .iter()
-            .any(|s| matches!(s, Sent::Leave { .. })),
-        "{:?}",
-        coordinator.sent()
+        !sent.iter().any(|s| matches!(s, Sent::Leave { .. })),
+        "{sent:?}"
     );
 }
 
