@@ -1,6 +1,10 @@
 //! The brokers we talk to: bootstrap, cached connections, coordinator lookup and metadata.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+    time::Duration,
+};
 
 use kafka_protocol::{
     messages::{
@@ -10,6 +14,7 @@ use kafka_protocol::{
     protocol::StrBytes,
 };
 use tokio::sync::Mutex;
+use uuid::Uuid;
 
 use crate::{
     connection::Connection,
@@ -203,5 +208,37 @@ impl Cluster {
             metadata.topics.insert(name.0.to_string(), partitions);
         }
         Ok(metadata)
+    }
+
+    /// The topic ids (Metadata v10 and later) of those of `topics` that exist: the consumer
+    /// group protocol names partitions by topic id. Asked separately from [`Self::metadata`],
+    /// which keeps to the versions every broker this crate is tested on answers alike.
+    pub async fn topic_ids(&self, topics: &[String]) -> Result<BTreeMap<String, Uuid>> {
+        let connection = self.any().await?;
+        let version = connection.version::<MetadataRequest>(10..=12)?;
+        let request = MetadataRequest::default()
+            .with_topics(Some(
+                topics
+                    .iter()
+                    .map(|t| {
+                        MetadataRequestTopic::default()
+                            .with_name(Some(TopicName(StrBytes::from_string(t.clone()))))
+                    })
+                    .collect(),
+            ))
+            .with_allow_auto_topic_creation(false);
+        let response: MetadataResponse = match connection.send(&request, version).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.forget(connection.address()).await;
+                return Err(e);
+            }
+        };
+        Ok(response
+            .topics
+            .iter()
+            .filter(|t| t.error_code == 0 && !t.topic_id.is_nil())
+            .filter_map(|t| Some((t.name.as_ref()?.0.to_string(), t.topic_id)))
+            .collect())
     }
 }

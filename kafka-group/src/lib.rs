@@ -84,7 +84,7 @@ pub use error::{Error, Result};
 pub use fetch::{FetchLimits, FetchedRecord, PartitionRecords, RecordFetcher};
 /// The broker's error codes, as [`Error::protocol`] returns them.
 pub use kafka_protocol::ResponseError;
-pub use member::{GroupConfig, GroupEvent, GroupMember, Revocation};
+pub use member::{GroupConfig, GroupEvent, GroupMember, GroupProtocol, Revocation};
 pub use mismatch::Mismatch;
 pub use offsets::{keda_desired_replicas, GroupAdmin, OffsetReset, PartitionLag};
 pub use security::{SaslCredentials, SaslMechanism, Security};

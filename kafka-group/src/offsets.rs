@@ -84,8 +84,12 @@ pub struct GroupAdmin {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct MemberIdentity {
     pub member_id: String,
+    /// The classic protocol's generation, or the consumer protocol's member epoch.
     pub generation: i32,
     pub instance_id: Option<String>,
+    /// A member of a consumer-protocol group (KIP-848): Kafka takes its commits only at
+    /// OffsetCommit v9 and later, where the generation field carries the member epoch.
+    pub consumer_protocol: bool,
 }
 
 impl MemberIdentity {
@@ -99,6 +103,7 @@ impl MemberIdentity {
 }
 
 const COMMIT_VERSIONS: std::ops::RangeInclusive<i16> = 2..=8;
+const CONSUMER_PROTOCOL_COMMIT_VERSIONS: std::ops::RangeInclusive<i16> = 9..=9;
 
 impl GroupAdmin {
     /// `bootstrap` as `host:port` strings.
@@ -217,10 +222,16 @@ impl GroupAdmin {
                     })
                     .collect(),
             );
+        let versions = if member.consumer_protocol {
+            CONSUMER_PROTOCOL_COMMIT_VERSIONS
+        } else {
+            COMMIT_VERSIONS
+        };
         self.with_coordinator(group_id, |connection| {
             let request = request.clone();
+            let versions = versions.clone();
             async move {
-                let version = connection.version::<OffsetCommitRequest>(COMMIT_VERSIONS)?;
+                let version = connection.version::<OffsetCommitRequest>(versions)?;
                 let response = connection.send(&request, version).await?;
                 for topic in &response.topics {
                     for p in &topic.partitions {

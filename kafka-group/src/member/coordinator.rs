@@ -6,12 +6,14 @@ use std::{collections::BTreeMap, future::Future, time::Duration};
 
 use kafka_protocol::{
     messages::{
-        leave_group_request::MemberIdentity, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
+        leave_group_request::MemberIdentity, ConsumerGroupHeartbeatRequest,
+        ConsumerGroupHeartbeatResponse, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
         JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, SyncGroupRequest,
         SyncGroupResponse,
     },
     protocol::StrBytes,
 };
+use uuid::Uuid;
 
 use crate::{connection::Connection, error::Result, offsets::GroupAdmin};
 
@@ -46,6 +48,23 @@ pub(crate) trait Coordinator: Send + 'static {
         instance_id: Option<StrBytes>,
     ) -> impl Future<Output = Result<LeaveGroupResponse>> + Send;
 
+    /// Consumer protocol (KIP-848): one ConsumerGroupHeartbeat, which joins, reports the
+    /// partitions owned, receives the assignment and leaves.
+    fn consumer_heartbeat(
+        &mut self,
+        request: ConsumerGroupHeartbeatRequest,
+    ) -> impl Future<Output = Result<ConsumerGroupHeartbeatResponse>> + Send;
+
+    /// Whether the group's coordinator speaks the consumer protocol (ConsumerGroupHeartbeat
+    /// v1, as Kafka 4.0 does).
+    fn offers_consumer_protocol(&mut self) -> impl Future<Output = Result<bool>> + Send;
+
+    /// The ids of those of `topics` that exist (the consumer protocol names topics by id).
+    fn topic_ids(
+        &mut self,
+        topics: &[String],
+    ) -> impl Future<Output = Result<BTreeMap<String, Uuid>>> + Send;
+
     /// How many partitions each of `topics` has now.
     fn partition_counts(
         &mut self,
@@ -56,6 +75,10 @@ pub(crate) trait Coordinator: Send + 'static {
     /// request.
     fn forget(&mut self) -> impl Future<Output = ()> + Send;
 }
+
+/// ConsumerGroupHeartbeat v1 (Kafka 4.0, KIP-1082: the member makes its own id). v0 was
+/// Kafka 3.7-3.9's early access, off by default and not meant for production.
+const CONSUMER_HEARTBEAT_VERSIONS: std::ops::RangeInclusive<i16> = 1..=1;
 
 /// The real link: a dedicated connection to the coordinator (JoinGroup holds it for a whole
 /// rebalance, so it is not shared with commits), found through the group admin.
@@ -126,6 +149,27 @@ impl Coordinator for Link {
             request = request.with_member_id(StrBytes::from_string(member_id));
         }
         connection.send(&request, version).await
+    }
+
+    async fn consumer_heartbeat(
+        &mut self,
+        request: ConsumerGroupHeartbeatRequest,
+    ) -> Result<ConsumerGroupHeartbeatResponse> {
+        let connection = self.connection().await?;
+        let version =
+            connection.version::<ConsumerGroupHeartbeatRequest>(CONSUMER_HEARTBEAT_VERSIONS)?;
+        connection.send(&request, version).await
+    }
+
+    async fn offers_consumer_protocol(&mut self) -> Result<bool> {
+        let connection = self.connection().await?;
+        Ok(connection
+            .version::<ConsumerGroupHeartbeatRequest>(CONSUMER_HEARTBEAT_VERSIONS)
+            .is_ok())
+    }
+
+    async fn topic_ids(&mut self, topics: &[String]) -> Result<BTreeMap<String, Uuid>> {
+        self.admin.cluster.topic_ids(topics).await
     }
 
     async fn partition_counts(&mut self, topics: &[String]) -> Result<BTreeMap<String, usize>> {

@@ -2,7 +2,11 @@
 //! recover from every normal group event. Runs as its own task; the application sees a
 //! stream of [`GroupEvent`]s and commits through [`GroupMember::commit`].
 //!
-//! Two rebalance protocols, chosen by the assignor the group agrees on:
+//! Two group protocols, chosen by [`GroupConfig::protocol`]:
+//! - the consumer protocol (KIP-848, `consumer_task`): the coordinator assigns; each member
+//!   reconciles its own share, and nobody else pauses;
+//! - the classic protocol (`task`, `join`), whose rebalance protocol the group's assignor
+//!   decides:
 //! - eager (`rskafka-sticky`, `range`): on a rebalance the member revokes everything, then
 //!   rejoins; every partition pauses for the whole rebalance.
 //! - incremental cooperative (KIP-429, `cooperative-sticky`): the member rejoins while it
@@ -13,9 +17,11 @@
 //! Every state change and retry is logged at debug level, so a member that waits says why.
 
 mod config;
+mod consumer_task;
 mod coordinator;
 mod events;
 mod join;
+mod reconcile;
 mod state;
 mod task;
 #[cfg(test)]
@@ -26,21 +32,24 @@ use std::{
     sync::{Arc, Mutex as StdMutex, MutexGuard, PoisonError},
 };
 
+use kafka_protocol::ResponseError;
 use tokio::{
     sync::{mpsc, oneshot},
     task::JoinHandle,
 };
 
-pub use config::GroupConfig;
+pub use config::{GroupConfig, GroupProtocol};
 pub use events::{GroupEvent, Revocation};
 
 use crate::{
+    backoff::Backoff,
     cluster::Cluster,
     error::{Error, Result},
     offsets::{self, GroupAdmin},
     TopicPartition,
 };
-use coordinator::Link;
+use consumer_task::ConsumerTask;
+use coordinator::{Coordinator, Link};
 use state::{Command, Membership};
 use task::MemberTask;
 
@@ -83,8 +92,13 @@ impl GroupMember {
             group_id: config.group_id.clone(),
             connection: None,
         };
-        let task = MemberTask::new(link, config.clone(), Arc::clone(&state), events);
-        let task = tokio::spawn(task.run(command_receiver));
+        let task = tokio::spawn(run(
+            link,
+            config.clone(),
+            Arc::clone(&state),
+            events,
+            command_receiver,
+        ));
         Ok((
             Self {
                 group_id: config.group_id,
@@ -107,17 +121,40 @@ impl GroupMember {
         if offsets.is_empty() {
             return Ok(());
         }
-        let identity = {
-            let state = self.membership();
-            offsets::MemberIdentity {
-                member_id: state.member_id.clone(),
-                generation: state.generation,
-                instance_id: self.instance_id.clone(),
+        let mut identity = self.identity();
+        let mut retry = Backoff::new(self.admin.cluster.request_timeout());
+        loop {
+            let result = self
+                .admin
+                .commit_as(&self.group_id, &identity, offsets)
+                .await;
+            // Consumer protocol: the coordinator moved this member to a new epoch, whose
+            // answer reaches the member task about now. The partitions are still owned.
+            if !matches!(
+                result.as_ref().map_err(Error::protocol),
+                Err(Some(ResponseError::StaleMemberEpoch))
+            ) || !retry.wait().await
+            {
+                return result;
             }
-        };
-        self.admin
-            .commit_as(&self.group_id, &identity, offsets)
-            .await
+            identity = self.identity();
+        }
+    }
+
+    fn identity(&self) -> offsets::MemberIdentity {
+        let state = self.membership();
+        offsets::MemberIdentity {
+            member_id: state.member_id.clone(),
+            generation: state.generation,
+            instance_id: self.instance_id.clone(),
+            consumer_protocol: state.group_protocol == Some(GroupProtocol::Consumer),
+        }
+    }
+
+    /// The group protocol the member speaks; `None` until it has chosen (see
+    /// [`GroupProtocol::Auto`]) and after it stopped.
+    pub fn protocol(&self) -> Option<GroupProtocol> {
+        self.membership().group_protocol
     }
 
     /// The group's committed offsets for `partitions` (`None`: nothing committed yet).
@@ -142,7 +179,7 @@ impl GroupMember {
         self.membership().generation
     }
 
-    /// Whether this member led the generation it last joined.
+    /// Classic protocol: whether this member led the generation it last joined.
     pub fn is_leader(&self) -> bool {
         self.membership().leader
     }
@@ -191,6 +228,75 @@ impl Drop for GroupMember {
     fn drop(&mut self) {
         if let Some(task) = self.task.get_mut().ok().and_then(Option::take) {
             task.abort();
+        }
+    }
+}
+
+/// The member task: chooses the protocol ([`GroupProtocol::Auto`]: the consumer protocol when
+/// the coordinator offers it), then runs that protocol's state machine.
+async fn run<C: Coordinator>(
+    mut coordinator: C,
+    config: GroupConfig,
+    state: Arc<StdMutex<Membership>>,
+    events: mpsc::Sender<GroupEvent>,
+    mut commands: mpsc::Receiver<Command>,
+) {
+    let protocol = match config.protocol {
+        GroupProtocol::Auto => {
+            let chosen = tokio::select! {
+                chosen = choose_protocol(&mut coordinator, &state, &config.group_id) => chosen,
+                command = commands.recv() => {
+                    // Nothing joined yet, so nothing to leave.
+                    if let Some(Command::Leave(reply)) = command {
+                        let _ = reply.send(Ok(()));
+                    }
+                    return;
+                }
+            };
+            tracing::info!(group = %config.group_id, protocol = %chosen, "group protocol chosen (auto)");
+            chosen
+        }
+        chosen => chosen,
+    };
+    state
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .group_protocol = Some(protocol);
+    match protocol {
+        GroupProtocol::Consumer => {
+            ConsumerTask::new(coordinator, config, state, events)
+                .run(commands)
+                .await
+        }
+        _ => {
+            MemberTask::new(coordinator, config, state, events)
+                .run(commands)
+                .await
+        }
+    }
+}
+
+/// Asks the coordinator whether it speaks the consumer protocol, until it answers.
+async fn choose_protocol<C: Coordinator>(
+    coordinator: &mut C,
+    state: &StdMutex<Membership>,
+    group_id: &str,
+) -> GroupProtocol {
+    let mut backoff = Backoff::unbounded();
+    loop {
+        match coordinator.offers_consumer_protocol().await {
+            Ok(true) => return GroupProtocol::Consumer,
+            Ok(false) => return GroupProtocol::Classic,
+            Err(e) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(group = %group_id, error = %e, retry_in = ?delay, "cannot reach the group's coordinator to choose the group protocol");
+                state
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .join_error = Some(e);
+                coordinator.forget().await;
+                tokio::time::sleep(delay).await;
+            }
         }
     }
 }

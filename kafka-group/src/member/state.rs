@@ -3,6 +3,7 @@
 
 use tokio::sync::oneshot;
 
+use super::config::GroupProtocol;
 use crate::{
     assignor::Assignor,
     error::{Error, Result},
@@ -13,11 +14,14 @@ use crate::{
 #[derive(Debug, Default, Clone)]
 pub(super) struct Membership {
     pub member_id: String,
+    /// The classic protocol's generation, or the consumer protocol's member epoch.
     pub generation: i32,
+    /// The protocol the member speaks ([`GroupProtocol::Auto`] resolved), once it started.
+    pub group_protocol: Option<GroupProtocol>,
     pub assigned: Vec<TopicPartition>,
     /// Between an assignment and the next rebalance.
     pub stable: bool,
-    /// The assignor (and so the rebalance protocol) of the current generation.
+    /// Classic protocol: the assignor (and so the rebalance protocol) of the current generation.
     pub protocol: Option<Assignor>,
     /// Whether this member leads the current generation (computes the assignment).
     pub leader: bool,

@@ -1,5 +1,8 @@
-//! The member's state machine driven by a scripted coordinator: every answer the coordinator
-//! gives is written in the test, and every request the member sends is recorded.
+//! The member's state machines driven by a scripted coordinator: every answer the coordinator
+//! gives is written in the test, and every request the member sends is recorded. The classic
+//! protocol's tests are here, the consumer protocol's in `consumer`.
+
+mod consumer;
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -9,9 +12,9 @@ use std::{
 
 use kafka_protocol::{
     messages::{
-        join_group_response::JoinGroupResponseMember, HeartbeatRequest, HeartbeatResponse,
-        JoinGroupRequest, JoinGroupResponse, LeaveGroupResponse, SyncGroupRequest,
-        SyncGroupResponse,
+        join_group_response::JoinGroupResponseMember, ConsumerGroupHeartbeatRequest,
+        ConsumerGroupHeartbeatResponse, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
+        JoinGroupResponse, LeaveGroupResponse, SyncGroupRequest, SyncGroupResponse,
     },
     protocol::StrBytes,
     ResponseError,
@@ -23,7 +26,6 @@ use super::{
     coordinator::Coordinator,
     events::GroupEvent,
     state::{Command, Membership},
-    task::MemberTask,
 };
 use crate::{
     consumer_protocol::{decode_assignment, encode_assignment, encode_subscription},
@@ -51,6 +53,13 @@ enum Sent {
     },
     /// It dropped its coordinator to look it up again.
     Forget,
+    /// A ConsumerGroupHeartbeat: the epoch, whether it carried the subscription (a full
+    /// request), and the partitions it reported owning, if it reported them.
+    ConsumerHeartbeat {
+        epoch: i32,
+        full: bool,
+        owned: Option<Vec<i32>>,
+    },
 }
 
 /// The coordinator's answers, in order, per request type. A heartbeat without a scripted
@@ -60,6 +69,8 @@ struct Script {
     joins: VecDeque<Result<JoinGroupResponse>>,
     syncs: VecDeque<Result<SyncGroupResponse>>,
     heartbeats: VecDeque<Result<HeartbeatResponse>>,
+    /// Without a scripted answer a ConsumerGroupHeartbeat succeeds, echoing the epoch.
+    consumer_heartbeats: VecDeque<Result<ConsumerGroupHeartbeatResponse>>,
     sent: Vec<Sent>,
 }
 
@@ -141,6 +152,37 @@ impl Coordinator for Scripted {
         Ok(LeaveGroupResponse::default())
     }
 
+    async fn consumer_heartbeat(
+        &mut self,
+        request: ConsumerGroupHeartbeatRequest,
+    ) -> Result<ConsumerGroupHeartbeatResponse> {
+        self.record(Sent::ConsumerHeartbeat {
+            epoch: request.member_epoch,
+            full: request.subscribed_topic_names.is_some(),
+            owned: request.topic_partitions.as_ref().map(|topics| {
+                topics
+                    .iter()
+                    .flat_map(|t| t.partitions.iter().copied())
+                    .collect()
+            }),
+        });
+        let answer = self.script().consumer_heartbeats.pop_front();
+        answer.unwrap_or_else(|| {
+            Ok(ConsumerGroupHeartbeatResponse::default()
+                .with_member_id(Some(request.member_id))
+                .with_member_epoch(request.member_epoch)
+                .with_heartbeat_interval_ms(10))
+        })
+    }
+
+    async fn offers_consumer_protocol(&mut self) -> Result<bool> {
+        Ok(true)
+    }
+
+    async fn topic_ids(&mut self, topics: &[String]) -> Result<BTreeMap<String, uuid::Uuid>> {
+        Ok(topics.iter().map(|t| (t.clone(), topic_id(t))).collect())
+    }
+
     async fn partition_counts(&mut self, topics: &[String]) -> Result<BTreeMap<String, usize>> {
         Ok(topics.iter().map(|t| (t.clone(), 4)).collect())
     }
@@ -148,6 +190,14 @@ impl Coordinator for Scripted {
     async fn forget(&mut self) {
         self.record(Sent::Forget);
     }
+}
+
+/// The scripted cluster's id of `topic`.
+fn topic_id(topic: &str) -> uuid::Uuid {
+    let hash = topic
+        .bytes()
+        .fold(1u128, |h, b| h.wrapping_mul(31).wrapping_add(u128::from(b)));
+    uuid::Uuid::from_u128(hash)
 }
 
 fn partitions(numbers: &[i32]) -> Vec<TopicPartition> {
@@ -195,6 +245,7 @@ fn refused(error: ResponseError, api: &'static str) -> Error {
 
 struct Member {
     coordinator: Scripted,
+    state: Arc<StdMutex<Membership>>,
     events: mpsc::Receiver<GroupEvent>,
     commands: mpsc::Sender<Command>,
     task: tokio::task::JoinHandle<()>,
@@ -208,17 +259,21 @@ fn start(script: Script, configure: impl FnOnce(&mut GroupConfig)) -> Member {
     let coordinator = Scripted(Arc::new(StdMutex::new(script)));
     let (events, receiver) = mpsc::channel(super::EVENT_QUEUE);
     let (commands, command_receiver) = mpsc::channel(1);
-    let task = MemberTask::new(
+    let state = Arc::new(StdMutex::new(Membership::default()));
+    // The handle's own entry point: it chooses the protocol the config asks for.
+    let task = super::run(
         coordinator.clone(),
         config,
-        Arc::new(StdMutex::new(Membership::default())),
+        Arc::clone(&state),
         events,
+        command_receiver,
     );
     Member {
         coordinator,
+        state,
         events: receiver,
         commands,
-        task: tokio::spawn(task.run(command_receiver)),
+        task: tokio::spawn(task),
     }
 }
 
