@@ -64,6 +64,7 @@ pub mod backoff;
 mod cluster;
 mod connection;
 mod consumer_protocol;
+mod describe;
 mod diagnosis;
 mod error;
 mod establish;
@@ -79,6 +80,7 @@ mod types;
 
 pub use assignor::{Assignor, MemberSubscription};
 pub use backoff::Backoff;
+pub use describe::{GroupDescription, MemberDescription};
 pub use diagnosis::speaks_tls;
 pub use error::{Error, Result};
 pub use fetch::{FetchLimits, FetchedRecord, PartitionRecords, RecordFetcher};

@@ -1,5 +1,6 @@
 """A confluent-kafka consumer in GROUP with partition.assignment.strategy STRATEGY (range,
-cooperative-sticky, ...). Prints a JSON line with all the partitions it owns each time that
+cooperative-sticky, ...), or, with STRATEGY `consumer`, on the consumer group protocol
+(KIP-848, group.protocol=consumer: the coordinator assigns, always incrementally). Prints a JSON line with all the partitions it owns each time that
 changes (under cooperative-sticky librdkafka reports increments; this keeps the total), and
 leaves the group when stdin closes.
 
@@ -21,15 +22,18 @@ def report(event):
     print(json.dumps({"event": event, "assigned": sorted(owned)}), flush=True)
 
 
+incremental = strategy in ("cooperative-sticky", "consumer")
+
+
 def assigned(consumer, partitions):
-    if strategy == "cooperative-sticky":
+    if incremental:
         consumer.incremental_assign(partitions)
     owned.update(p.partition for p in partitions)
     report("assigned")
 
 
 def revoked(consumer, partitions):
-    if strategy == "cooperative-sticky":
+    if incremental:
         consumer.incremental_unassign(partitions)
     owned.difference_update(p.partition for p in partitions)
     report("revoked")
@@ -40,14 +44,22 @@ def lost(consumer, partitions):
     report("lost")
 
 
-consumer = Consumer({
+settings = {
     "bootstrap.servers": bootstrap,
     "group.id": group,
-    "partition.assignment.strategy": strategy,
-    "session.timeout.ms": 6000,
-    "heartbeat.interval.ms": 300,
     "enable.auto.commit": False,
-})
+}
+if strategy == "consumer":
+    # The coordinator owns the assignor, session and heartbeat settings under this protocol;
+    # librdkafka refuses them here.
+    settings["group.protocol"] = "consumer"
+else:
+    settings.update({
+        "partition.assignment.strategy": strategy,
+        "session.timeout.ms": 6000,
+        "heartbeat.interval.ms": 300,
+    })
+consumer = Consumer(settings)
 consumer.subscribe([topic], on_assign=assigned, on_revoke=revoked, on_lost=lost)
 while not stop.is_set():
     consumer.poll(0.1)

@@ -5,6 +5,7 @@ wheel, with a line-oriented JSON control server for fault injection.
 usage: mock_cluster.py [--brokers N] [--owner-pid PID] [--topic NAME:PARTITIONS[:REPLICATION]]...
                        [--control-port PORT] [--debug CONTEXTS]
                        [--initial-rebalance-delay-ms MS]
+                       [--consumer-session-timeout-ms MS] [--consumer-heartbeat-interval-ms MS]
 
 Once the brokers listen it prints ONE JSON line on stdout:
   {"bootstrap": "127.0.0.1:p1,...", "brokers": {"1": "127.0.0.1:p1", ...},
@@ -34,6 +35,9 @@ handled one at a time: {"ok": true, ...} or {"ok": false, "error": "..."}. Opera
       ts_us is librdkafka's rd_clock(): monotonic microseconds, not wall time.
   set_apiversion {api_key, min, max}                 max -1 withdraws the API
   set_group_initial_rebalance_delay {ms}
+  set_group_consumer_session_timeout {ms}            KIP-848 groups: group.consumer.session.timeout.ms
+  set_group_consumer_heartbeat_interval {ms}         KIP-848 groups: group.consumer.heartbeat.interval.ms
+      (both apply to a group from its members' next heartbeats; the mock's defaults: 30000 and 3000)
   stop                                               answers, then shuts down and exits 0
 
 Source lines quoted here are of librdkafka master just after v2.15.0 (commit 4c3b017c3),
@@ -185,6 +189,8 @@ def load_librdkafka():
         "rd_kafka_mock_clear_request_errors": ([c_void_p, i16], None),
         "rd_kafka_mock_set_apiversion": ([c_void_p, i16, i16, i16], err_t),
         "rd_kafka_mock_group_initial_rebalance_delay_ms": ([c_void_p, i32], None),
+        "rd_kafka_mock_set_group_consumer_session_timeout_ms": ([c_void_p, i32], None),
+        "rd_kafka_mock_set_group_consumer_heartbeat_interval_ms": ([c_void_p, i32], None),
         "rd_kafka_mock_start_request_tracking": ([c_void_p], None),
         "rd_kafka_mock_stop_request_tracking": ([c_void_p], None),
         "rd_kafka_mock_get_requests": ([c_void_p, ctypes.POINTER(c_size_t)], ctypes.POINTER(c_void_p)),
@@ -466,6 +472,15 @@ class Cluster:
                 if ms < 0:
                     raise RequestError(f"{op}: ms must be >= 0")
                 self.lib.rd_kafka_mock_group_initial_rebalance_delay_ms(self.mcluster, ms)
+            elif op in ("set_group_consumer_session_timeout", "set_group_consumer_heartbeat_interval"):
+                ms = field("ms")
+                if ms <= 0:
+                    raise RequestError(f"{op}: ms must be > 0")
+                setter = {
+                    "set_group_consumer_session_timeout": self.lib.rd_kafka_mock_set_group_consumer_session_timeout_ms,
+                    "set_group_consumer_heartbeat_interval": self.lib.rd_kafka_mock_set_group_consumer_heartbeat_interval_ms,
+                }[op]
+                setter(self.mcluster, ms)
             elif op == "stop":
                 pass  # serve_connection sets `stop` once this answer is sent
             else:
@@ -556,6 +571,10 @@ def main():
     parser.add_argument("--debug", default="", help="librdkafka debug contexts, e.g. mock,protocol")
     parser.add_argument("--initial-rebalance-delay-ms", type=int,
                         help="group.initial.rebalance.delay.ms of the mock (its default: 3000)")
+    parser.add_argument("--consumer-session-timeout-ms", type=int,
+                        help="group.consumer.session.timeout.ms of KIP-848 groups (mock default: 30000)")
+    parser.add_argument("--consumer-heartbeat-interval-ms", type=int,
+                        help="group.consumer.heartbeat.interval.ms of KIP-848 groups (mock default: 3000)")
     args = parser.parse_args()
     if args.brokers < 1:
         parser.error("--brokers must be >= 1")
@@ -571,6 +590,10 @@ def main():
     try:
         if args.initial_rebalance_delay_ms is not None:
             lib.rd_kafka_mock_group_initial_rebalance_delay_ms(cluster.mcluster, args.initial_rebalance_delay_ms)
+        if args.consumer_session_timeout_ms is not None:
+            lib.rd_kafka_mock_set_group_consumer_session_timeout_ms(cluster.mcluster, args.consumer_session_timeout_ms)
+        if args.consumer_heartbeat_interval_ms is not None:
+            lib.rd_kafka_mock_set_group_consumer_heartbeat_interval_ms(cluster.mcluster, args.consumer_heartbeat_interval_ms)
         for name, partitions, replication in args.topic:
             cluster.create_topic(name, partitions, replication)
             log(f"created topic {name} with {partitions} partitions")

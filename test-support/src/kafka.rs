@@ -24,6 +24,19 @@ impl Broker {
     }
 }
 
+/// The consumer group protocol the suites' members and workers speak, from
+/// `TEST_GROUP_PROTOCOL`: `classic` (the default: every broker here has it), `consumer`
+/// (KIP-848; the mock cluster has it, nisshi does not) or `auto`. Set explicitly on every
+/// member and worker, so a suite proves the protocol it names and not what `auto` picked.
+pub fn group_protocol() -> &'static str {
+    match std::env::var("TEST_GROUP_PROTOCOL").as_deref() {
+        Err(_) | Ok("") | Ok("classic") => "classic",
+        Ok("consumer") => "consumer",
+        Ok("auto") => "auto",
+        Ok(other) => panic!("TEST_GROUP_PROTOCOL={other}: use classic, consumer or auto"),
+    }
+}
+
 /// Brokers in a mock cluster: the smallest shape where the coordinator, the leaders of
 /// different partitions and a failed broker's successor can all be different brokers.
 pub const MOCK_BROKERS: usize = 3;

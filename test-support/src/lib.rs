@@ -13,7 +13,7 @@ pub mod proxy;
 pub mod secured;
 pub mod tokens;
 
-pub use kafka::{Broker, TestKafka};
+pub use kafka::{group_protocol, Broker, TestKafka};
 pub use mock_cluster::MockCluster;
 pub use secured::SecuredServers;
 

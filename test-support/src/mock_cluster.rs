@@ -54,11 +54,23 @@ pub struct MockCluster {
     _dir: tempfile::TempDir,
 }
 
+/// `mock_cluster.py` options: KIP-848 groups' session timeout and heartbeat interval.
+pub const CONSUMER_GROUP_TIMINGS: [&str; 4] = [
+    "--consumer-session-timeout-ms",
+    "6000",
+    "--consumer-heartbeat-interval-ms",
+    "1000",
+];
+
 impl MockCluster {
     /// Starts `brokers` brokers (ids `1..=brokers`). `TEST_MOCK_DEBUG` (e.g. `mock,protocol`)
     /// turns on librdkafka's debug logs in [`MockCluster::log_path`].
+    ///
+    /// Consumer protocol (KIP-848) groups get the timings of the suites' classic groups: a
+    /// 6 s session, and the 1 s heartbeat the worker uses by default (the mock's own defaults
+    /// are 30 s and 3 s, Kafka's 45 s and 5 s).
     pub fn start(brokers: usize) -> Self {
-        Self::start_with_args(brokers, &[])
+        Self::start_with_args(brokers, &CONSUMER_GROUP_TIMINGS)
     }
 
     /// [`MockCluster::start`] with more `mock_cluster.py` options, e.g.
@@ -293,6 +305,19 @@ impl MockCluster {
     pub fn set_group_initial_rebalance_delay(&self, delay: Duration) {
         let ms = i64::try_from(delay.as_millis()).expect("a delay in milliseconds fits an i64");
         self.control(json!({"op": "set_group_initial_rebalance_delay", "ms": ms}));
+    }
+
+    /// KIP-848 groups' session timeout (`group.consumer.session.timeout.ms`).
+    pub fn set_group_consumer_session_timeout(&self, timeout: Duration) {
+        let ms = i64::try_from(timeout.as_millis()).expect("a timeout in milliseconds fits an i64");
+        self.control(json!({"op": "set_group_consumer_session_timeout", "ms": ms}));
+    }
+
+    /// KIP-848 groups' heartbeat interval (`group.consumer.heartbeat.interval.ms`).
+    pub fn set_group_consumer_heartbeat_interval(&self, interval: Duration) {
+        let ms =
+            i64::try_from(interval.as_millis()).expect("an interval in milliseconds fits an i64");
+        self.control(json!({"op": "set_group_consumer_heartbeat_interval", "ms": ms}));
     }
 
     /// Sends one control request; panics with the harness's error text if it refuses.

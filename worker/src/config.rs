@@ -4,7 +4,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
 use infra::config::{parse_duration, ConsumerGroupArgs, KafkaArgs, MongoArgs, TelemetryArgs};
-use kafka_group::{Assignor, FetchLimits, GroupConfig, RecordFetcher, Security};
+use kafka_group::{Assignor, FetchLimits, GroupConfig, GroupProtocol, RecordFetcher, Security};
 
 use crate::fetch::{FetchSettings, Pacing};
 
@@ -62,6 +62,20 @@ pub struct WorkerConfig {
 /// false alarms on a busy node.
 #[derive(Debug, Clone, clap::Args)]
 pub struct MembershipArgs {
+    /// The consumer group protocol: `consumer` (KIP-848, Kafka 4.0+: the coordinator assigns,
+    /// and a worker joining or leaving pauses only the partitions that move), `classic`
+    /// (JoinGroup/SyncGroup; every broker), or `auto`: `consumer` when the group's coordinator
+    /// offers it, else `classic`. Under `consumer`, the broker's
+    /// `group.consumer.session.timeout.ms` and `group.consumer.heartbeat.interval.ms` apply,
+    /// and the assignors below are not used.
+    #[arg(id = "group-protocol", long = "group-protocol", env = "KAFKA_GROUP_PROTOCOL", value_enum, default_value_t = GroupProtocol::Auto)]
+    pub group_protocol: GroupProtocol,
+
+    /// Consumer protocol only: the coordinator's assignor (`uniform`, `range`, or one the
+    /// broker was configured with); unset, the broker's default (`uniform` on Kafka).
+    #[arg(id = "group-remote-assignor", long = "group-remote-assignor", env = "KAFKA_GROUP_REMOTE_ASSIGNOR", value_parser = non_empty_assignor)]
+    pub remote_assignor: Option<String>,
+
     /// The coordinator drops a worker that has not heartbeated for this long. The group's
     /// first member fixes it for the group on some brokers (nisshi), which also hold every
     /// JoinGroup for half of it: a short session is a fast start.
@@ -107,6 +121,13 @@ fn parse_assignor(name: &str) -> Result<Assignor, String> {
     })
 }
 
+fn non_empty_assignor(value: &str) -> Result<String, String> {
+    match value.trim() {
+        "" => Err("must not be empty (leave it unset for the broker's default assignor)".into()),
+        value => Ok(value.to_string()),
+    }
+}
+
 fn non_empty(value: &str) -> Result<String, String> {
     match value.trim() {
         "" => Err("must not be empty (leave it unset for a dynamic member)".into()),
@@ -123,6 +144,8 @@ impl WorkerConfig {
             vec![self.kafka.events.topic.clone()],
         );
         group.client_id = self.kafka.client_id.clone();
+        group.protocol = self.membership.group_protocol;
+        group.server_assignor = self.membership.remote_assignor.clone();
         group.group_instance_id = self.membership.group_instance_id.clone();
         group.session_timeout = self.membership.session_timeout;
         group.rebalance_timeout = self.membership.rebalance_timeout;
@@ -231,6 +254,28 @@ mod tests {
             [Assignor::Range, Assignor::CooperativeSticky]
         );
         assert_eq!(group.session_timeout, Duration::from_secs(8));
+        assert_eq!(group.protocol, GroupProtocol::Auto, "the default");
+    }
+
+    #[test]
+    fn the_group_protocol_and_remote_assignor_come_from_the_flags() {
+        let config = WorkerConfig::try_parse_from([
+            "worker",
+            "--group-protocol=consumer",
+            "--group-remote-assignor=range",
+        ])
+        .unwrap();
+        let group = config.group_config(&Security::default());
+        assert_eq!(group.protocol, GroupProtocol::Consumer);
+        assert_eq!(group.server_assignor.as_deref(), Some("range"));
+        let error = WorkerConfig::try_parse_from(["worker", "--group-protocol=new"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("auto, classic, consumer"), "{error}");
+        let error = WorkerConfig::try_parse_from(["worker", "--group-remote-assignor="])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("must not be empty"), "{error}");
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub struct Metrics {
     pub partition_lag: IntGaugeVec,
     pub assigned_partitions: IntGauge,
     pub group_leader: IntGauge,
+    pub group_protocol: IntGaugeVec,
     pub rebalances: IntCounter,
 }
 
@@ -45,6 +46,12 @@ impl Metrics {
             ),
             assigned_partitions: metrics::gauge(&r, "worker_assigned_partitions", "Partitions this worker owns"),
             group_leader: metrics::gauge(&r, "worker_group_leader", "1 while this worker leads its consumer group's generation (it computed the assignment)"),
+            group_protocol: metrics::gauge_vec(
+                &r,
+                "worker_group_protocol",
+                "1 for the consumer group protocol this worker speaks (`classic` or `consumer`, KIP-848), once chosen",
+                &["protocol"],
+            ),
             rebalances: metrics::counter(&r, "worker_rebalances_total", "Assignments received from the group"),
             registry: r,
         }

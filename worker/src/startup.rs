@@ -60,6 +60,7 @@ impl Worker {
             .with_context(|| kafka::preparing_topic(&config.kafka))?;
         let dead_letters = dead_letters(&kafka, &topics, &config.kafka, &config.dlq_topic).await?;
         check_group_access(&config, &security).await?;
+        check_group_protocol(&config, &security).await?;
 
         let mongo::Opened { db, access, usable } =
             mongo::open(&config.mongo, "worker", MONGO_NEEDS)
@@ -166,6 +167,26 @@ async fn check_group_access(
                 config.kafka.events.topic
             )
         }
+        _ => Ok(()),
+    }
+}
+
+/// `--group-protocol consumer` on brokers without it is a start-up error that names the fix
+/// (`auto` falls back to `classic` by itself). A coordinator that cannot be reached now is
+/// left to the group member, which retries.
+async fn check_group_protocol(
+    config: &WorkerConfig,
+    security: &kafka_group::Security,
+) -> anyhow::Result<()> {
+    if config.membership.group_protocol != kafka_group::GroupProtocol::Consumer {
+        return Ok(());
+    }
+    let group = &config.group.group_id;
+    let admin = kafka::group_admin(&config.kafka, security);
+    match admin.offers_consumer_protocol(group).await {
+        Ok(false) => anyhow::bail!(
+            "the Kafka brokers do not offer the consumer group protocol (KIP-848: ConsumerGroupHeartbeat v1, Kafka 4.0 or later) for group {group}: set --group-protocol classic (KAFKA_GROUP_PROTOCOL=classic), or auto to use it wherever the brokers have it"
+        ),
         _ => Ok(()),
     }
 }

@@ -377,10 +377,20 @@ impl<C: Coordinator> ConsumerTask<C> {
         let group = self.config.group_id.clone();
         self.full = true;
         match error.protocol() {
-            Some(ResponseError::UnknownMemberId | ResponseError::FencedMemberEpoch) => {
+            Some(ResponseError::UnknownMemberId | ResponseError::FencedMemberEpoch)
+                if self.epoch > 0 =>
+            {
                 return AfterError::Lost
             }
             Some(ResponseError::FencedInstanceId) => return AfterError::Fenced,
+            // Refused while joining (epoch 0): nothing to lose; retried after a pause. The
+            // mock cluster answers UNKNOWN_MEMBER_ID where Kafka answers
+            // UNRELEASED_INSTANCE_ID (a static member whose earlier process is still in the
+            // group).
+            Some(ResponseError::UnknownMemberId | ResponseError::FencedMemberEpoch) => {
+                tracing::info!(%group, error = %error, instance = ?self.config.group_instance_id, "refused while joining; retrying");
+                return AfterError::Retry;
+            }
             Some(ResponseError::UnreleasedInstanceId) => {
                 // The previous process under this instance id has not left yet (or its
                 // session has not expired): wait for it.

@@ -15,7 +15,10 @@ use kafka_protocol::{
 };
 use uuid::Uuid;
 
-use crate::{connection::Connection, error::Result, offsets::GroupAdmin};
+use crate::{
+    connection::Connection, describe::CONSUMER_HEARTBEAT_VERSIONS, error::Result,
+    offsets::GroupAdmin,
+};
 
 /// What the member's state machine asks of the group coordinator (and, for partition counts,
 /// of any broker). Each call goes to the coordinator it knows, finding it first if needed.
@@ -75,10 +78,6 @@ pub(crate) trait Coordinator: Send + 'static {
     /// request.
     fn forget(&mut self) -> impl Future<Output = ()> + Send;
 }
-
-/// ConsumerGroupHeartbeat v1 (Kafka 4.0, KIP-1082: the member makes its own id). v0 was
-/// Kafka 3.7-3.9's early access, off by default and not meant for production.
-const CONSUMER_HEARTBEAT_VERSIONS: std::ops::RangeInclusive<i16> = 1..=1;
 
 /// The real link: a dedicated connection to the coordinator (JoinGroup holds it for a whole
 /// rebalance, so it is not shared with commits), found through the group admin.
@@ -162,10 +161,7 @@ impl Coordinator for Link {
     }
 
     async fn offers_consumer_protocol(&mut self) -> Result<bool> {
-        let connection = self.connection().await?;
-        Ok(connection
-            .version::<ConsumerGroupHeartbeatRequest>(CONSUMER_HEARTBEAT_VERSIONS)
-            .is_ok())
+        self.admin.offers_consumer_protocol(&self.group_id).await
     }
 
     async fn topic_ids(&mut self, topics: &[String]) -> Result<BTreeMap<String, Uuid>> {

@@ -1,12 +1,10 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
-    io::{BufRead, BufReader},
-    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use kafka_group::{Assignor, GroupEvent, TopicPartition};
-use test_support::{python, workspace_root, InfraServer};
+use test_support::InfraServer;
 
 use crate::helpers::*;
 
@@ -283,94 +281,6 @@ async fn under_cooperative_sticky_a_joiner_pauses_only_the_partitions_that_move(
             longest < Duration::from_secs(1),
             "{tp} kept its owner but paused its commits for {longest:?}"
         );
-    }
-}
-
-/// Waits until our members and confluent-kafka's own disjoint, complete, balanced shares.
-async fn wait_split(ours: &mut [&mut Tracked], theirs: &mut [&mut ConfluentMember], topic: &str) {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        for member in ours.iter_mut() {
-            member.drain();
-        }
-        for member in theirs.iter_mut() {
-            member.drain();
-        }
-        let sets: Vec<&BTreeSet<TopicPartition>> = ours
-            .iter()
-            .map(|m| &m.owned)
-            .chain(theirs.iter().map(|m| &m.owned))
-            .collect();
-        if sets.iter().all(|s| !s.is_empty()) && is_split(&sets, topic) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "no split: {sets:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// A confluent-kafka (librdkafka) consumer in a child process, with what it owns.
-struct ConfluentMember {
-    child: std::process::Child,
-    updates: std::sync::mpsc::Receiver<(String, BTreeSet<TopicPartition>)>,
-    owned: BTreeSet<TopicPartition>,
-    /// Every callback it reported: assigned, revoked, lost.
-    events: Vec<String>,
-}
-
-impl ConfluentMember {
-    fn start(strategy: &str, bootstrap: &str, group: &str, topic: &str) -> Self {
-        let mut child = Command::new(python())
-            .arg(workspace_root().join("test-support/py/group_member.py"))
-            .args([strategy, bootstrap, group, topic])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start the confluent-kafka member");
-        let (tx, updates) = std::sync::mpsc::channel();
-        let stdout = child.stdout.take().expect("piped stdout");
-        let topic = topic.to_string();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let value: serde_json::Value = serde_json::from_str(&line).expect("JSON line");
-                let partitions = value["assigned"]
-                    .as_array()
-                    .expect("assigned")
-                    .iter()
-                    .map(|p| TopicPartition::new(&topic, p.as_i64().expect("partition") as i32))
-                    .collect();
-                let event = value["event"].as_str().unwrap_or_default().to_string();
-                if tx.send((event, partitions)).is_err() {
-                    break;
-                }
-            }
-        });
-        Self {
-            child,
-            updates,
-            owned: BTreeSet::new(),
-            events: Vec::new(),
-        }
-    }
-
-    fn drain(&mut self) {
-        while let Ok((event, owned)) = self.updates.try_recv() {
-            self.events.push(event);
-            self.owned = owned;
-        }
-    }
-
-    /// Closes its stdin: it leaves the group and exits.
-    fn stop(&mut self) {
-        drop(self.child.stdin.take());
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for ConfluentMember {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -82,6 +82,12 @@ impl Assignment {
         self.metrics
             .group_leader
             .set(i64::from(self.member.is_leader()));
+        if let Some(protocol) = self.member.protocol() {
+            self.metrics
+                .group_protocol
+                .with_label_values(&[protocol.name()])
+                .set(1);
+        }
         let partitions: Vec<TopicPartition> = partitions
             .iter()
             .filter(|tp| !self.owned.contains(&tp.partition))

@@ -230,6 +230,7 @@ impl Pipeline {
             .env("KAFKA_SESSION_TIMEOUT", "6s")
             .env("KAFKA_REBALANCE_TIMEOUT", "10s")
             .env("KAFKA_HEARTBEAT_INTERVAL", "300ms")
+            .env("KAFKA_GROUP_PROTOCOL", test_support::group_protocol())
             .env(
                 "KAFKA_LEADER_LEAVES_GROUP",
                 self.leader_leaves_group.to_string(),
