@@ -1,5 +1,5 @@
 # scalable-shop: `make up` runs the local stack, `make test` runs every check CI runs.
-.PHONY: up down status load deps helm test-deps test test-mock test-stress deploy-check lint bench bench-gateway bench-worker bench-pipeline openapi clean-local
+.PHONY: up down status load deps helm test-deps test test-mock test-stress deploy-check lint bench bench-gateway bench-worker bench-pipeline bench-scale openapi clean-local
 
 VENV := .local/venv
 PYTHON := $(VENV)/bin/python
@@ -62,7 +62,7 @@ test-stress: test-deps ## the fleet through 10 rounds of 1 -> 6 -> 1 workers und
 deploy-check: test-deps ## render and validate k8s/, keda/ and the Helm chart, checkov, actionlint, consistency with the binaries
 	deploy/check.sh
 
-bench: bench-gateway bench-worker bench-pipeline
+bench: bench-gateway bench-worker bench-pipeline bench-scale
 
 bench-gateway: ## accepted purchases/s and latency beside the HTTP stack's own limit
 	scripts/bench-gateway.sh
@@ -76,6 +76,9 @@ bench-pipeline: ## the live pipeline: accepted/s with and without N workers (WOR
 	command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 	cargo build --release -q -p gateway -p worker
 	WORKERS=$${WORKERS:-2} cargo bench -p worker --bench pipeline
+
+bench-scale: test-deps ## scale 1 -> 6 -> 1 under load, classic beside consumer group protocol (KIP-848), on the 3-broker mock cluster
+	TEST_KAFKA=mock cargo test -p worker --test pipeline bench_scale_events -- --ignored --nocapture
 
 load:          ## a short surge against the local stack (make up first), with the lag KEDA would see
 	cargo build --release -q -p load

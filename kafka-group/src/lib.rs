@@ -2,8 +2,9 @@
 //! offsets and lag, and topic administration.
 //!
 //! rskafka produces well but has no consumer groups and fetches one partition per request.
-//! This crate adds the classic group protocol (FindCoordinator, JoinGroup, SyncGroup,
-//! Heartbeat, LeaveGroup), a fetcher that asks each leader for all its partitions at once
+//! This crate adds both group protocols, the classic one (FindCoordinator, JoinGroup,
+//! SyncGroup, Heartbeat, LeaveGroup) and the consumer protocol of KIP-848
+//! (ConsumerGroupHeartbeat; [`GroupProtocol`]), a fetcher that asks each leader for all its partitions at once
 //! ([`RecordFetcher`]) and offset management (OffsetCommit, OffsetFetch, ListOffsets) on the
 //! [`kafka_protocol`] crate's message types over tokio TCP, so a fleet of consumers can split
 //! a topic's partitions and record progress where tools like KEDA read it.
@@ -12,7 +13,10 @@
 //!   tells the application through [`GroupEvent`]s which partitions it owns. Before a
 //!   partition can go to another member, the owner receives [`GroupEvent::Revoked`] and the
 //!   group waits until it has committed and let go.
-//! - [`Assignor::CooperativeSticky`] (the default) rebalances incrementally (KIP-429): only
+//! - [`GroupProtocol::Consumer`] (Kafka 4.0): the coordinator assigns, and a member joining or
+//!   leaving pauses only the partitions that move, with no group-wide barrier;
+//!   [`GroupProtocol::Auto`] uses it where the coordinator offers it.
+//! - Classic protocol: [`Assignor::CooperativeSticky`] (the default) rebalances incrementally (KIP-429): only
 //!   the partitions that move pause. [`Assignor::Sticky`] is the same split under the eager
 //!   protocol and [`Assignor::Range`] Kafka's range assignor, for groups mixed with other
 //!   clients or older members.

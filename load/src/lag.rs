@@ -19,6 +19,18 @@ pub struct LagSnapshot {
     pub lag_threshold: i64,
     /// ceil(total / lagThreshold), capped at the partition count.
     pub keda_replicas: usize,
+    /// Who owns what, when the group is on the consumer group protocol (KIP-848) and the
+    /// brokers describe it (ConsumerGroupDescribe). Lag itself comes from committed offsets
+    /// alone, whichever protocol the group speaks, as KEDA reads it.
+    pub members: Option<GroupMembers>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupMembers {
+    /// `stable`, `reconciling`, `assigning`, `empty`.
+    pub state: String,
+    pub assignor: String,
+    pub count: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -27,6 +39,8 @@ pub struct PartitionLag {
     pub committed: Option<i64>,
     pub end: i64,
     pub lag: i64,
+    /// The owning member's instance id (else its client host), when the group is described.
+    pub owner: Option<String>,
 }
 
 pub struct LagReader {
@@ -69,6 +83,29 @@ impl LagReader {
             Err(e) => return Err(e),
         };
         let total = lags.iter().map(|l| l.lag).sum();
+        // Best effort: brokers without the consumer protocol, and classic groups, are not
+        // described; the lag stands on its own.
+        let described = self
+            .admin
+            .describe_consumer_group(&group.group_id)
+            .await
+            .ok();
+        let owner = |partition: i32| {
+            described.as_ref().and_then(|d| {
+                d.members
+                    .iter()
+                    .find(|m| {
+                        m.assigned
+                            .iter()
+                            .any(|tp| tp.topic == *topic && tp.partition == partition)
+                    })
+                    .map(|m| {
+                        m.instance_id
+                            .clone()
+                            .unwrap_or_else(|| m.client_host.clone())
+                    })
+            })
+        };
         Ok(LagSnapshot {
             group: group.group_id.clone(),
             topic: topic.clone(),
@@ -82,8 +119,14 @@ impl LagReader {
                     committed: l.committed,
                     end: l.end,
                     lag: l.lag,
+                    owner: owner(l.partition),
                 })
                 .collect(),
+            members: described.as_ref().map(|d| GroupMembers {
+                state: d.state.clone(),
+                assignor: d.assignor.clone(),
+                count: d.members.len(),
+            }),
         })
     }
 }
@@ -101,15 +144,28 @@ impl LagSnapshot {
 
     pub fn table(&self) -> String {
         let mut out = format!("group {} on topic {}\n", self.group, self.topic);
-        out.push_str("partition  committed        end        lag\n");
+        if let Some(members) = &self.members {
+            out.push_str(&format!(
+                "consumer group protocol: {} member{}, {}, assignor {}\n",
+                members.count,
+                if members.count == 1 { "" } else { "s" },
+                members.state,
+                members.assignor
+            ));
+        }
+        out.push_str("partition  committed        end        lag  owner\n");
         for p in &self.partitions {
             let committed = p
                 .committed
                 .map(|c| c.to_string())
                 .unwrap_or_else(|| "-".into());
             out.push_str(&format!(
-                "{:>9} {:>10} {:>10} {:>10}\n",
-                p.partition, committed, p.end, p.lag
+                "{:>9} {:>10} {:>10} {:>10}  {}\n",
+                p.partition,
+                committed,
+                p.end,
+                p.lag,
+                p.owner.as_deref().unwrap_or("-")
             ));
         }
         out.push_str(&self.summary());

@@ -316,6 +316,15 @@ async fn commits_carry_the_member_epoch_and_lag_reads_them_like_any_group() {
     if mine[0].partition != 1 {
         assert_eq!(committed[&TopicPartition::new(&cluster.topic, 1)], Some(7));
     }
+    // And librdkafka (what KEDA's scaler does: OffsetFetch for the group) reads the same.
+    let theirs = test_support::run_python(
+        "group_offsets.py",
+        &[&cluster.mock.address, &cluster.group, &cluster.topic],
+    );
+    assert_eq!(
+        theirs["committed"][mine[0].partition.to_string()].as_i64(),
+        Some(9)
+    );
     let lag = admin
         .lag(&cluster.group, &cluster.topic, OffsetReset::Earliest)
         .await

@@ -92,6 +92,8 @@ pub struct Pipeline {
     secured: Secured,
     /// Off on nisshi, which strands a group whose leader leaves while it re-forms.
     leader_leaves_group: bool,
+    /// `KAFKA_GROUP_PROTOCOL` of its workers: `TEST_GROUP_PROTOCOL` unless a test sets it.
+    pub group_protocol: &'static str,
 }
 
 /// How a pipeline on secured servers is reached: flags both binaries take (Kafka SASL/TLS,
@@ -168,6 +170,7 @@ impl Pipeline {
             shutdown,
             secured,
             leader_leaves_group: false,
+            group_protocol: test_support::group_protocol(),
         }
     }
 
@@ -230,7 +233,7 @@ impl Pipeline {
             .env("KAFKA_SESSION_TIMEOUT", "6s")
             .env("KAFKA_REBALANCE_TIMEOUT", "10s")
             .env("KAFKA_HEARTBEAT_INTERVAL", "300ms")
-            .env("KAFKA_GROUP_PROTOCOL", test_support::group_protocol())
+            .env("KAFKA_GROUP_PROTOCOL", self.group_protocol)
             .env(
                 "KAFKA_LEADER_LEAVES_GROUP",
                 self.leader_leaves_group.to_string(),
