@@ -447,11 +447,13 @@ impl<C: Coordinator> ConsumerTask<C> {
         }
     }
 
-    /// Leaves the group: epoch -1, or -2 for a static member (its partitions wait for its
-    /// restart). A leave needs no revocation: the application committed before asking.
+    /// Leaves the group: epoch -1, or -2 for a static member's temporary leave (its
+    /// partitions wait for its restart). A leave needs no revocation: the application
+    /// committed before asking. Every handle gone (`None`) is a leave for good.
     async fn leave(mut self, command: Option<Command>) {
+        let temporary = matches!(&command, Some(Command::Leave(leaving)) if leaving.temporary);
         let result = if self.joined {
-            let epoch = if self.config.group_instance_id.is_some() {
+            let epoch = if temporary && self.config.group_instance_id.is_some() {
                 TEMPORARY_LEAVE_EPOCH
             } else {
                 LEAVE_EPOCH
@@ -485,8 +487,8 @@ impl<C: Coordinator> ConsumerTask<C> {
             }
         }
         *self.membership() = Membership::default();
-        if let Some(Command::Leave(reply)) = command {
-            let _ = reply.send(result);
+        if let Some(Command::Leave(leaving)) = command {
+            let _ = leaving.reply.send(result);
         }
     }
 

@@ -211,8 +211,23 @@ impl GroupMember {
     /// the application has not acknowledged yet is not waited for: leaving says the
     /// application is done. The member stops; later calls fail with [`Error::Stopped`].
     pub async fn leave(&self) -> Result<()> {
+        self.stop(false).await
+    }
+
+    /// A static member's leave for a restart under the same group instance id: its
+    /// partitions stay assigned to the instance until the coordinator's session timeout, so
+    /// the restarted process takes them back without moving them anywhere (consumer protocol:
+    /// member epoch -2; classic: no LeaveGroup, KIP-345). Meanwhile nobody consumes them, so
+    /// this is for restarts, not for scaling down. A dynamic member leaves as with
+    /// [`leave`](Self::leave).
+    pub async fn leave_temporarily(&self) -> Result<()> {
+        self.stop(self.instance_id.is_some()).await
+    }
+
+    async fn stop(&self, temporary: bool) -> Result<()> {
         let (reply, result) = oneshot::channel();
-        if self.commands.send(Command::Leave(reply)).await.is_err() {
+        let leaving = state::Leaving { reply, temporary };
+        if self.commands.send(Command::Leave(leaving)).await.is_err() {
             return Err(Error::Stopped);
         }
         let result = result.await.unwrap_or(Err(Error::Stopped));
@@ -247,8 +262,8 @@ async fn run<C: Coordinator>(
                 chosen = choose_protocol(&mut coordinator, &state, &config.group_id) => chosen,
                 command = commands.recv() => {
                     // Nothing joined yet, so nothing to leave.
-                    if let Some(Command::Leave(reply)) = command {
-                        let _ = reply.send(Ok(()));
+                    if let Some(Command::Leave(leaving)) = command {
+                        let _ = leaving.reply.send(Ok(()));
                     }
                     return;
                 }

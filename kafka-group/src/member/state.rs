@@ -30,5 +30,13 @@ pub(super) struct Membership {
 }
 
 pub(super) enum Command {
-    Leave(oneshot::Sender<Result<()>>),
+    Leave(Leaving),
+}
+
+/// The application asks the member to leave the group.
+pub(super) struct Leaving {
+    pub reply: oneshot::Sender<Result<()>>,
+    /// A static member's temporary leave (a restart under the same group instance id): the
+    /// coordinator keeps its partitions for its return, until its session expires.
+    pub temporary: bool,
 }

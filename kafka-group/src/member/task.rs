@@ -20,7 +20,7 @@ use super::{
     config::GroupConfig,
     coordinator::Coordinator,
     events::{GroupEvent, Revocation},
-    state::{Command, Membership},
+    state::{Command, Leaving, Membership},
 };
 use crate::{
     assignor::Assignor,
@@ -38,7 +38,7 @@ enum Interruption {
     Lost,
     /// Another process joined with this member's group instance id.
     Fenced,
-    Leave(oneshot::Sender<Result<()>>),
+    Leave(Leaving),
     /// Every handle is gone.
     Abandoned,
 }
@@ -148,9 +148,9 @@ impl<C: Coordinator> MemberTask<C> {
             let interruption = self.stable(&mut commands).await;
             waiting_since = Instant::now();
             let lost = match interruption {
-                Interruption::Leave(reply) => {
+                Interruption::Leave(leaving) => {
                     // A leave needs no revocation: the application committed before asking.
-                    return self.finish(Some(Command::Leave(reply))).await;
+                    return self.finish(Some(Command::Leave(leaving))).await;
                 }
                 Interruption::Abandoned => return self.finish(None).await,
                 Interruption::Fenced => {
@@ -361,7 +361,7 @@ impl<C: Coordinator> MemberTask<C> {
                     }
                 }
                 command = commands.recv() => return match command {
-                    Some(Command::Leave(reply)) => Interruption::Leave(reply),
+                    Some(Command::Leave(leaving)) => Interruption::Leave(leaving),
                     None => Interruption::Abandoned,
                 },
             }
@@ -462,7 +462,11 @@ impl<C: Coordinator> MemberTask<C> {
     /// timeout: every member leaves, the leader too (on Kafka the coordinator elects a new
     /// leader among the members that rejoin), unless `leader_sends_leave_group` is off.
     async fn finish(mut self, command: Option<Command>) {
-        let result = if self.may_leave() {
+        let temporary = matches!(&command, Some(Command::Leave(leaving)) if leaving.temporary);
+        let result = if temporary {
+            tracing::info!(group = %self.config.group_id, instance = ?self.config.group_instance_id, session_timeout = ?self.config.session_timeout, "leaving temporarily: no LeaveGroup, the instance's partitions wait for its return until its session expires");
+            Ok(())
+        } else if self.may_leave() {
             self.leave_group().await
         } else {
             tracing::info!(group = %self.config.group_id, session_timeout = ?self.config.session_timeout, "stopping without LeaveGroup (this member may lead the group and leader_sends_leave_group is off): the coordinator drops it after the session timeout");
@@ -471,8 +475,8 @@ impl<C: Coordinator> MemberTask<C> {
         if let Err(e) = &result {
             tracing::warn!(group = %self.config.group_id, error = %e, "leave failed; the coordinator drops the member after the session timeout");
         }
-        if let Some(Command::Leave(reply)) = command {
-            let _ = reply.send(result);
+        if let Some(Command::Leave(leaving)) = command {
+            let _ = leaving.reply.send(result);
         }
     }
 

@@ -188,9 +188,13 @@ async fn a_static_member_restarted_after_a_temporary_leave_gets_its_partitions_b
     cluster.settle(&mut [&mut first, &mut other]).await;
     let owned = first.owned.clone();
     let others = other.owned.clone();
-    // A static member leaves with epoch -2: the coordinator keeps its assignment for its
-    // return (a pod restart under the same name).
-    first.member.leave().await.expect("temporary leave");
+    // A static member's temporary leave (epoch -2): the coordinator keeps its assignment
+    // for its return (a restart under the same name).
+    first
+        .member
+        .leave_temporarily()
+        .await
+        .expect("temporary leave");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let started = Instant::now();
     let mut restarted = cluster.static_member("worker-0");

@@ -146,8 +146,13 @@ async fn a_fenced_member_epoch_loses_everything_and_rejoins_at_epoch_zero() {
 }
 
 #[tokio::test]
-async fn a_dynamic_member_leaves_with_epoch_minus_one_and_a_static_one_with_minus_two() {
-    for (instance, leave_epoch) in [(None, -1), (Some("worker-0".to_string()), -2)] {
+async fn a_leave_is_epoch_minus_one_and_a_static_members_temporary_leave_minus_two() {
+    for (instance, temporary, leave_epoch) in [
+        (None, false, -1),
+        (Some("worker-0".to_string()), false, -1),
+        (None, true, -1),
+        (Some("worker-0".to_string()), true, -2),
+    ] {
         let mut member = consumer(
             Script {
                 consumer_heartbeats: [answer(1, Some(&[0]))].into(),
@@ -157,11 +162,15 @@ async fn a_dynamic_member_leaves_with_epoch_minus_one_and_a_static_one_with_minu
         );
         assigned(member.next_event().await);
         let coordinator = member.coordinator.clone();
-        member.leave().await;
+        if temporary {
+            member.leave_temporarily().await;
+        } else {
+            member.leave().await;
+        }
         let last = coordinator.sent().last().cloned();
         assert!(
             matches!(last, Some(Sent::ConsumerHeartbeat { epoch, .. }) if epoch == leave_epoch),
-            "{instance:?}: {last:?}"
+            "{instance:?}, temporary {temporary}: {last:?}"
         );
     }
 }

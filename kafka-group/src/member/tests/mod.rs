@@ -286,8 +286,18 @@ impl Member {
     }
 
     async fn leave(self) {
+        self.stop(false).await;
+    }
+
+    /// A static member's temporary leave (a restart), as `GroupMember::leave_temporarily`.
+    async fn leave_temporarily(self) {
+        self.stop(true).await;
+    }
+
+    async fn stop(self, temporary: bool) {
         let (reply, result) = oneshot::channel();
-        self.commands.send(Command::Leave(reply)).await.unwrap();
+        let leaving = super::state::Leaving { reply, temporary };
+        self.commands.send(Command::Leave(leaving)).await.unwrap();
         result.await.unwrap().unwrap();
         self.task.await.unwrap();
     }
@@ -498,6 +508,26 @@ async fn a_leaving_leader_sends_leave_group_by_default() {
         Some(&Sent::Leave {
             member_id: "m1".into()
         })
+    );
+}
+
+#[tokio::test]
+async fn a_static_members_temporary_leave_sends_no_leave_group_so_its_partitions_wait_for_it() {
+    let mut member = start(
+        Script {
+            joins: [joined(1, "worker-0-m1", "m9", &[])].into(),
+            syncs: [synced(&[0, 1])].into(),
+            ..Script::default()
+        },
+        |config| config.group_instance_id = Some("worker-0".into()),
+    );
+    assigned(member.next_event().await);
+    let coordinator = member.coordinator.clone();
+    member.leave_temporarily().await;
+    let sent = coordinator.sent();
+    assert!(
+        !sent.iter().any(|s| matches!(s, Sent::Leave { .. })),
+        "{sent:?}"
     );
 }
 
