@@ -43,17 +43,29 @@ MOCK_SKIP_GROUP := --skip members_recover_after_the_broker_restarts --skip secur
 MOCK_SKIP_PIPELINE := --skip cluster_events --skip security:: --skip broker_killed \
   --skip kafka_misconfiguration --skip kafka_access
 
+# The fleet scenarios a third time on the mock cluster, under the consumer group protocol
+# (KIP-848): scale events, crashes, joins and leaves mid-stream, a replaced worker, exactly-once
+# delivery, the coordinator moving, a broker failing over and retriable errors (its group
+# errors on ConsumerGroupHeartbeat, a stale member epoch on OffsetCommit) under load.
+# (kafka-group's consumer_protocol tests and the start-up check run in every pass, on mock
+# clusters of their own.)
+CONSUMER_PIPELINE := scale:: fleet:: start:: delivery::two_workers exit:: \
+  cluster_events::the_group_coordinator cluster_events::a_broker_failing_over \
+  cluster_events::retriable_errors
+
 test: test-deps lint  ## lint, unit and integration tests against real servers (nisshi, then the 3-broker mock cluster), deployment checks
 	cargo test --workspace
 	TEST_KAFKA=mock cargo test -p kafka-group --test group -- $(MOCK_SKIP_GROUP)
 	TEST_KAFKA=mock cargo test -p gateway --test api -- create_purchase idempotency
 	TEST_KAFKA=mock cargo test -p worker --test pipeline -- $(MOCK_SKIP_PIPELINE)
+	TEST_KAFKA=mock TEST_GROUP_PROTOCOL=consumer cargo test -p worker --test pipeline -- $(CONSUMER_PIPELINE)
 	deploy/check.sh
 
 test-mock: test-deps ## only the Kafka suites on the 3-broker mock cluster, and the cluster events
 	TEST_KAFKA=mock cargo test -p kafka-group --test group -- $(MOCK_SKIP_GROUP)
 	TEST_KAFKA=mock cargo test -p gateway --test api -- create_purchase idempotency
 	TEST_KAFKA=mock cargo test -p worker --test pipeline -- $(MOCK_SKIP_PIPELINE)
+	TEST_KAFKA=mock TEST_GROUP_PROTOCOL=consumer cargo test -p worker --test pipeline -- $(CONSUMER_PIPELINE)
 	cargo test -p worker --test pipeline cluster_events -- --nocapture
 
 test-stress: test-deps ## the fleet through 10 rounds of 1 -> 6 -> 1 workers under load, SIGTERM and SIGKILL (~15 min)

@@ -43,6 +43,8 @@ const OFFSET_FETCH: i16 = 9;
 const JOIN_GROUP: i16 = 11;
 const HEARTBEAT: i16 = 12;
 const SYNC_GROUP: i16 = 14;
+const CONSUMER_GROUP_HEARTBEAT: i16 = 68;
+const STALE_MEMBER_EPOCH: i16 = 113;
 
 /// What one scenario measured.
 #[derive(Debug)]
@@ -363,19 +365,32 @@ async fn retriable_errors_in_every_api_the_pipeline_uses_lose_nothing() {
     // What the workers ask only while they join and take partitions (JoinGroup, SyncGroup,
     // OffsetFetch, ListOffsets for a group without commits) fails first, before they start;
     // what flows all the time fails during the load, one API a second.
-    let at_start: [(i16, &[i16]); 4] = [
-        (JOIN_GROUP, &[COORDINATOR_LOAD_IN_PROGRESS, NOT_COORDINATOR]),
-        (SYNC_GROUP, &[NOT_COORDINATOR]),
+    // The group's own APIs are the protocol's: JoinGroup, SyncGroup and Heartbeat (classic)
+    // or ConsumerGroupHeartbeat (KIP-848), whose commits carry a member epoch that can be
+    // stale.
+    let consumer = test_support::group_protocol() == "consumer";
+    let mut at_start: Vec<(i16, &[i16])> = if consumer {
+        vec![(
+            CONSUMER_GROUP_HEARTBEAT,
+            &[COORDINATOR_LOAD_IN_PROGRESS, NOT_COORDINATOR],
+        )]
+    } else {
+        vec![
+            (JOIN_GROUP, &[COORDINATOR_LOAD_IN_PROGRESS, NOT_COORDINATOR]),
+            (SYNC_GROUP, &[NOT_COORDINATOR]),
+        ]
+    };
+    at_start.extend([
         (
             OFFSET_FETCH,
-            &[COORDINATOR_LOAD_IN_PROGRESS, NOT_COORDINATOR],
+            &[COORDINATOR_LOAD_IN_PROGRESS, NOT_COORDINATOR][..],
         ),
         (
             LIST_OFFSETS,
-            &[NOT_LEADER_OR_FOLLOWER, LEADER_NOT_AVAILABLE],
+            &[NOT_LEADER_OR_FOLLOWER, LEADER_NOT_AVAILABLE][..],
         ),
-    ];
-    let under_load: [(i16, &[i16]); 4] = [
+    ]);
+    let under_load: Vec<(i16, &[i16])> = vec![
         (
             PRODUCE,
             &[
@@ -393,27 +408,42 @@ async fn retriable_errors_in_every_api_the_pipeline_uses_lose_nothing() {
                 NOT_LEADER_OR_FOLLOWER,
             ],
         ),
-        (
-            OFFSET_COMMIT,
-            &[
-                NOT_COORDINATOR,
-                COORDINATOR_LOAD_IN_PROGRESS,
-                REQUEST_TIMED_OUT,
-            ],
-        ),
-        (HEARTBEAT, &[NOT_COORDINATOR, COORDINATOR_NOT_AVAILABLE]),
+        if consumer {
+            (
+                OFFSET_COMMIT,
+                &[NOT_COORDINATOR, STALE_MEMBER_EPOCH, REQUEST_TIMED_OUT],
+            )
+        } else {
+            (
+                OFFSET_COMMIT,
+                &[
+                    NOT_COORDINATOR,
+                    COORDINATOR_LOAD_IN_PROGRESS,
+                    REQUEST_TIMED_OUT,
+                ],
+            )
+        },
+        if consumer {
+            (
+                CONSUMER_GROUP_HEARTBEAT,
+                &[NOT_COORDINATOR, COORDINATOR_NOT_AVAILABLE],
+            )
+        } else {
+            (HEARTBEAT, &[NOT_COORDINATOR, COORDINATOR_NOT_AVAILABLE])
+        },
     ];
     let tracked = Arc::new(std::sync::Mutex::new(None));
     let (figures, _) = under_steady_load(
         "retriable errors injected",
         |cluster, _| {
             cluster.start_tracking();
-            for (api, errors) in at_start {
-                cluster.push_errors(api, errors);
+            for (api, errors) in &at_start {
+                cluster.push_errors(*api, errors);
             }
         },
         {
             let tracked = Arc::clone(&tracked);
+            let under_load = under_load.clone();
             move |kafka, _, _, started| {
                 let cluster = kafka.mock().expect("mock");
                 for (second, (api, errors)) in under_load.iter().enumerate() {

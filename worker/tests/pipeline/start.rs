@@ -69,3 +69,31 @@ async fn a_worker_replacing_one_that_crashed_stores_its_first_record_once_the_se
         "first record after {took:?}"
     );
 }
+
+/// `--group-protocol consumer` on brokers that do not offer it (here the mock cluster with
+/// ConsumerGroupHeartbeat withdrawn, as Kafka before 4.0 answers ApiVersions) stops the
+/// worker at start-up with the fix, instead of a worker that never joins.
+#[tokio::test]
+async fn the_consumer_group_protocol_on_brokers_without_it_is_a_start_up_error_naming_the_fix() {
+    let mock = test_support::MockCluster::start(test_support::kafka::MOCK_BROKERS);
+    mock.set_api_version(68, 0, -1);
+    let topic = unique("purchases");
+    mock.create_topic(&topic, PARTITIONS, 3);
+    mock.create_topic(&dead_letter_topic(&topic), 1, 3);
+    let config = worker_config([
+        format!("--kafka-brokers={}", mock.address),
+        format!("--kafka-topic={topic}"),
+        format!("--kafka-topic-partitions={PARTITIONS}"),
+        format!("--dlq-topic={}", dead_letter_topic(&topic)),
+        "--group-protocol=consumer".into(),
+        "--mongo-uri=mongodb://127.0.0.1:9".into(),
+        "--mongo-timeout=2s".into(),
+    ]);
+    let (error, took) = worker_start_up_error(config).await;
+    eprintln!("[start] consumer protocol refused in {took:.1?}: {error}");
+    assert!(
+        error.contains("do not offer the consumer group protocol")
+            && error.contains("--group-protocol classic"),
+        "{error}"
+    );
+}
