@@ -149,27 +149,7 @@ impl Cluster {
 
     /// Partition leaders of `topics`. Never creates topics (some brokers auto-create on lookup).
     pub async fn metadata(&self, topics: &[String]) -> Result<Metadata> {
-        let connection = self.any().await?;
-        let version = connection.version::<MetadataRequest>(1..=9)?;
-        let request = MetadataRequest::default()
-            .with_topics(Some(
-                topics
-                    .iter()
-                    .map(|t| {
-                        MetadataRequestTopic::default()
-                            .with_name(Some(TopicName(StrBytes::from_string(t.clone()))))
-                    })
-                    .collect(),
-            ))
-            .with_allow_auto_topic_creation(false)
-            .with_include_topic_authorized_operations(version >= 8);
-        let response: MetadataResponse = match connection.send(&request, version).await {
-            Ok(r) => r,
-            Err(e) => {
-                self.forget(connection.address()).await;
-                return Err(e);
-            }
-        };
+        let response = self.ask_metadata(topics, 1..=9).await?;
         let brokers: HashMap<BrokerId, String> = response
             .brokers
             .iter()
@@ -214,8 +194,24 @@ impl Cluster {
     /// group protocol names partitions by topic id. Asked separately from [`Self::metadata`],
     /// which keeps to the versions every broker this crate is tested on answers alike.
     pub async fn topic_ids(&self, topics: &[String]) -> Result<BTreeMap<String, Uuid>> {
+        let response = self.ask_metadata(topics, 10..=12).await?;
+        Ok(response
+            .topics
+            .iter()
+            .filter(|t| t.error_code == 0 && !t.topic_id.is_nil())
+            .filter_map(|t| Some((t.name.as_ref()?.0.to_string(), t.topic_id)))
+            .collect())
+    }
+
+    /// One Metadata request for `topics` (never creating them) at the highest of `versions`
+    /// the broker speaks; a failed connection is dropped.
+    async fn ask_metadata(
+        &self,
+        topics: &[String],
+        versions: std::ops::RangeInclusive<i16>,
+    ) -> Result<MetadataResponse> {
         let connection = self.any().await?;
-        let version = connection.version::<MetadataRequest>(10..=12)?;
+        let version = connection.version::<MetadataRequest>(versions)?;
         let request = MetadataRequest::default()
             .with_topics(Some(
                 topics
@@ -226,19 +222,14 @@ impl Cluster {
                     })
                     .collect(),
             ))
-            .with_allow_auto_topic_creation(false);
-        let response: MetadataResponse = match connection.send(&request, version).await {
-            Ok(r) => r,
+            .with_allow_auto_topic_creation(false)
+            .with_include_topic_authorized_operations(version >= 8);
+        match connection.send(&request, version).await {
+            Ok(response) => Ok(response),
             Err(e) => {
                 self.forget(connection.address()).await;
-                return Err(e);
+                Err(e)
             }
-        };
-        Ok(response
-            .topics
-            .iter()
-            .filter(|t| t.error_code == 0 && !t.topic_id.is_nil())
-            .filter_map(|t| Some((t.name.as_ref()?.0.to_string(), t.topic_id)))
-            .collect())
+        }
     }
 }

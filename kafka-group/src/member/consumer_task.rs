@@ -16,7 +16,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    sync::{Arc, Mutex as StdMutex, MutexGuard, PoisonError},
+    sync::{Arc, Mutex as StdMutex, MutexGuard},
     time::{Duration, Instant},
 };
 
@@ -36,7 +36,7 @@ use super::{
     coordinator::Coordinator,
     events::{GroupEvent, Revocation},
     reconcile::{by_topic_id, named, next_step, Step, Target},
-    state::{Command, Membership},
+    state::{self, Command, Membership},
     task::millis,
 };
 use crate::{
@@ -492,10 +492,8 @@ impl<C: Coordinator> ConsumerTask<C> {
         }
     }
 
-    /// The state the handle reads too. A panic while it was held cannot leave it half
-    /// written (every update is a plain assignment), so a poisoned lock is read as it is.
     fn membership(&self) -> MutexGuard<'_, Membership> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        state::lock(&self.state)
     }
 }
 

@@ -29,7 +29,7 @@ mod tests;
 
 use std::{
     collections::BTreeMap,
-    sync::{Arc, Mutex as StdMutex, MutexGuard, PoisonError},
+    sync::{Arc, Mutex as StdMutex, MutexGuard},
 };
 
 use kafka_protocol::ResponseError;
@@ -201,10 +201,8 @@ impl GroupMember {
         &self.admin
     }
 
-    /// The state the member task writes. Every update is a plain assignment, so a panic
-    /// elsewhere cannot leave it half written: a poisoned lock is read as it is.
     fn membership(&self) -> MutexGuard<'_, Membership> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        state::lock(&self.state)
     }
 
     /// Leaves the group so it rebalances at once. Commit before calling this. A revocation
@@ -273,10 +271,7 @@ async fn run<C: Coordinator>(
         }
         chosen => chosen,
     };
-    state
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .group_protocol = Some(protocol);
+    state::lock(&state).group_protocol = Some(protocol);
     match protocol {
         GroupProtocol::Consumer => {
             ConsumerTask::new(coordinator, config, state, events)
@@ -305,10 +300,7 @@ async fn choose_protocol<C: Coordinator>(
             Err(e) => {
                 let delay = backoff.next_delay();
                 tracing::warn!(group = %group_id, error = %e, retry_in = ?delay, "cannot reach the group's coordinator to choose the group protocol");
-                state
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .join_error = Some(e);
+                state::lock(state).join_error = Some(e);
                 coordinator.forget().await;
                 tokio::time::sleep(delay).await;
             }

@@ -1,6 +1,8 @@
 //! What the member task and the application's handle share: the membership as it stands,
 //! and the commands the handle sends the task.
 
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
 use tokio::sync::oneshot;
 
 use super::config::GroupProtocol;
@@ -27,6 +29,13 @@ pub(super) struct Membership {
     pub leader: bool,
     /// Why the last attempt to join failed, until one succeeds.
     pub join_error: Option<Error>,
+}
+
+/// The membership the member task writes and the handle reads. Every update is a plain
+/// assignment, so a panic while the lock was held cannot leave it half written: a poisoned
+/// lock is read as it is.
+pub(super) fn lock(state: &Mutex<Membership>) -> MutexGuard<'_, Membership> {
+    state.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 pub(super) enum Command {

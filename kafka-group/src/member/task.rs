@@ -5,7 +5,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    sync::{Arc, Mutex as StdMutex, MutexGuard, PoisonError},
+    sync::{Arc, Mutex as StdMutex, MutexGuard},
     time::{Duration, Instant},
 };
 
@@ -20,7 +20,7 @@ use super::{
     config::GroupConfig,
     coordinator::Coordinator,
     events::{GroupEvent, Revocation},
-    state::{Command, Leaving, Membership},
+    state::{self, Command, Leaving, Membership},
 };
 use crate::{
     assignor::Assignor,
@@ -290,12 +290,7 @@ impl<C: Coordinator> MemberTask<C> {
                     | ResponseError::FencedInstanceId
             )
         ) || self.last_contact.elapsed() > self.config.session_timeout;
-        let owns_something = !self
-            .state
-            .lock()
-            .expect("membership lock")
-            .assigned
-            .is_empty();
+        let owns_something = !self.membership().assigned.is_empty();
         if dropped && owns_something {
             tracing::warn!(group = %self.config.group_id, error = %error, "no longer a member of the group: the partitions it owned are lost");
             let command = self.revoke_everything(true, commands).await;
@@ -500,18 +495,12 @@ impl<C: Coordinator> MemberTask<C> {
             self.coordinator.forget().await;
         }
         if matches!(error.protocol(), Some(ResponseError::UnknownMemberId)) {
-            self.state
-                .lock()
-                .expect("membership lock")
-                .member_id
-                .clear();
+            self.membership().member_id.clear();
         }
     }
 
-    /// The state the handle reads too. A panic while it was held cannot leave it half
-    /// written (every update is a plain assignment), so a poisoned lock is read as it is.
     pub(super) fn membership(&self) -> MutexGuard<'_, Membership> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        state::lock(&self.state)
     }
 
     pub(super) fn group_id(&self) -> GroupId {
