@@ -62,13 +62,15 @@ pub struct WorkerConfig {
 /// false alarms on a busy node.
 #[derive(Debug, Clone, clap::Args)]
 pub struct MembershipArgs {
-    /// The consumer group protocol: `consumer` (KIP-848, Kafka 4.0+: the coordinator assigns,
-    /// and a worker joining or leaving pauses only the partitions that move), `classic`
-    /// (JoinGroup/SyncGroup; every broker), or `auto`: `consumer` when the group's coordinator
-    /// offers it, else `classic`. Under `consumer`, the broker's
-    /// `group.consumer.session.timeout.ms` and `group.consumer.heartbeat.interval.ms` apply,
-    /// and the assignors below are not used.
-    #[arg(id = "group-protocol", long = "group-protocol", env = "KAFKA_GROUP_PROTOCOL", value_enum, default_value_t = GroupProtocol::Auto)]
+    /// The consumer group protocol: `classic` (JoinGroup/SyncGroup; every broker), `consumer`
+    /// (KIP-848, Kafka 4.0+: the coordinator assigns, and a worker joining or leaving pauses
+    /// only the partitions that move), or `auto`: `consumer` when the group's coordinator
+    /// offers it, else `classic`. Under `consumer`, the brokers'
+    /// `group.consumer.session.timeout.ms` (Kafka: at least 45 s unless lowered) and
+    /// `group.consumer.heartbeat.interval.ms` apply instead of the session and heartbeat
+    /// flags, and the assignors are not used. `classic` by default, as in Kafka's own clients:
+    /// a broker upgrade never changes the protocol, nor which settings apply, by itself.
+    #[arg(id = "group-protocol", long = "group-protocol", env = "KAFKA_GROUP_PROTOCOL", value_enum, default_value_t = GroupProtocol::Classic)]
     pub group_protocol: GroupProtocol,
 
     /// Consumer protocol only: the coordinator's assignor (`uniform`, `range`, or one the
@@ -254,7 +256,7 @@ mod tests {
             [Assignor::Range, Assignor::CooperativeSticky]
         );
         assert_eq!(group.session_timeout, Duration::from_secs(8));
-        assert_eq!(group.protocol, GroupProtocol::Auto, "the default");
+        assert_eq!(group.protocol, GroupProtocol::Classic, "the default");
     }
 
     #[test]
