@@ -225,9 +225,7 @@ async fn auto_chooses_the_consumer_protocol_when_the_coordinator_offers_it() {
 
 #[tokio::test]
 async fn heartbeats_come_at_the_interval_the_coordinator_dictates() {
-    let every_400_ms = || {
-        answer(1, None).map(|response| response.with_heartbeat_interval_ms(400))
-    };
+    let every_400_ms = || answer(1, None).map(|response| response.with_heartbeat_interval_ms(400));
     let member = consumer(
         Script {
             consumer_heartbeats: (0..20).map(|_| every_400_ms()).collect(),
@@ -244,6 +242,9 @@ async fn heartbeats_come_at_the_interval_the_coordinator_dictates() {
         .count();
     // The join at once, then one every 400 ms: 3 in the first second (not the 10 ms the
     // other scripts answer, nor the config's own interval).
-    assert!((2..=4).contains(&heartbeats), "{heartbeats} heartbeats in 1 s");
+    assert!(
+        (2..=4).contains(&heartbeats),
+        "{heartbeats} heartbeats in 1 s"
+    );
     member.leave().await;
 }
