@@ -96,7 +96,11 @@ impl Assignment {
         if partitions.is_empty() {
             return;
         }
-        let Some(committed) = self.committed(&partitions, shutdown).await else {
+        let Some(committed) = until_answered("committed offsets", shutdown, || {
+            self.member.committed(&partitions)
+        })
+        .await
+        else {
             return;
         };
         let mut offsets: BTreeMap<i32, i64> = committed
@@ -109,12 +113,14 @@ impl Assignment {
             .filter(|p| !offsets.contains_key(p))
             .collect();
         if !uncommitted.is_empty() {
-            match self.starts.offsets(&uncommitted).await {
-                Ok(starts) => offsets.extend(starts),
-                Err(e) => {
-                    tracing::error!(partitions = ?uncommitted, error = %e, "cannot find the start offsets; their records wait for the next assignment");
-                }
-            }
+            let Some(starts) = until_answered("start offsets", shutdown, || {
+                self.starts.offsets(&uncommitted)
+            })
+            .await
+            else {
+                return;
+            };
+            offsets.extend(starts);
         }
         tracing::debug!(?offsets, "fetching");
         self.owned.extend(offsets.keys());
@@ -155,25 +161,6 @@ impl Assignment {
         self.metrics.assigned_partitions.set(0);
     }
 
-    /// The group's committed offsets, retried until they are known or shutdown.
-    async fn committed(
-        &self,
-        partitions: &[TopicPartition],
-        shutdown: &CancellationToken,
-    ) -> Option<BTreeMap<TopicPartition, Option<i64>>> {
-        let mut backoff = Backoff::unbounded();
-        loop {
-            match self.member.committed(partitions).await {
-                Ok(committed) => return Some(committed),
-                Err(e) => tracing::warn!(error = %e, "cannot read committed offsets yet"),
-            }
-            tokio::select! {
-                () = shutdown.cancelled() => return None,
-                () = tokio::time::sleep(backoff.next_delay()) => {}
-            }
-        }
-    }
-
     /// Stops fetching `partitions` and waits until the loop let them go, so that everything
     /// fetched from them is in the sink's queue before anything sent after.
     async fn stop(&mut self, partitions: Vec<i32>) {
@@ -207,5 +194,27 @@ impl Assignment {
 impl Drop for Assignment {
     fn drop(&mut self) {
         self.stop.cancel();
+    }
+}
+
+/// Asks `ask` until it answers, or the worker shuts down (`None`). A partition cannot be
+/// fetched without its start, and giving up would leave it owned and never read: no later
+/// assignment need come to try again (under the consumer group protocol none comes while
+/// the group does not change).
+async fn until_answered<T, F, Fut>(what: &str, shutdown: &CancellationToken, ask: F) -> Option<T>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = kafka_group::Result<T>>,
+{
+    let mut backoff = Backoff::unbounded();
+    loop {
+        match ask().await {
+            Ok(answer) => return Some(answer),
+            Err(e) => tracing::warn!(error = %e, "cannot read the {what} yet; retrying"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return None,
+            () = tokio::time::sleep(backoff.next_delay()) => {}
+        }
     }
 }

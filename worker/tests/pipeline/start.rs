@@ -97,3 +97,27 @@ async fn the_consumer_group_protocol_on_brokers_without_it_is_a_start_up_error_n
         "{error}"
     );
 }
+
+/// Where a partition without a commit starts is asked with ListOffsets. A worker whose first
+/// lookups fail (answered NOT_LEADER_OR_FOLLOWER, as during a leader move at start-up, or
+/// on a connection another request broke) keeps asking and reads every partition: no later
+/// assignment need come to try again (under the consumer group protocol none comes while the
+/// group does not change, and a partition given up on stayed owned and unread).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_start_offset_lookups_fail_keeps_asking_and_reads_every_partition() {
+    const LIST_OFFSETS: i16 = 2;
+    const NOT_LEADER_OR_FOLLOWER: i16 = 6;
+    let _alone = one_heavy_test_at_a_time().await;
+    let kafka = test_support::kafka::TestKafka::mock_cluster(test_support::kafka::MOCK_BROKERS);
+    let (_, mongo) = shared_servers();
+    let pipeline = Pipeline::start_on_test_kafka(&kafka, &mongo.address).await;
+    let accepted = pipeline.post_purchases(120, 8).await;
+    let cluster = kafka.mock().expect("a mock cluster");
+    cluster.push_errors(LIST_OFFSETS, &[NOT_LEADER_OR_FOLLOWER; 4]);
+    let worker = pipeline.worker();
+    wait_assigned(&[&worker], Duration::from_secs(30)).await;
+    let stored = pipeline
+        .wait_stored(accepted.len(), Duration::from_secs(30))
+        .await;
+    assert_exactly_once(&accepted, &stored);
+}
