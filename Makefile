@@ -1,5 +1,5 @@
 # scalable-shop: `make up` runs the local stack, `make test` runs every check CI runs.
-.PHONY: up down status load deps helm test-deps test test-mock test-stress deploy-check lint bench bench-gateway bench-worker bench-pipeline bench-scale openapi clean-local
+.PHONY: up down status load deps helm test-deps test test-mock test-stress deploy-check lint bench bench-gateway bench-gateway-security bench-worker bench-pipeline bench-scale openapi clean-local
 
 VENV := .local/venv
 PYTHON := $(VENV)/bin/python
@@ -76,8 +76,14 @@ deploy-check: test-deps ## render and validate k8s/, keda/ and the Helm chart, c
 
 bench: bench-gateway bench-worker bench-pipeline bench-scale
 
-bench-gateway: ## accepted purchases/s and latency beside the HTTP stack's own limit
-	scripts/bench-gateway.sh
+bench-gateway: test-deps ## accepted/s, p50/p99, CPU per purchase beside /healthz at c=16/64/256, on nisshi and the 3-broker mock; records per Produce request; what CloudEvents headers cost nisshi
+	scripts/infra.sh install
+	command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+	cargo build --release -q -p gateway
+	$(PYTHON) scripts/bench_gateway.py
+
+bench-gateway-security: ## the gateway on secured servers (Kafka TLS+SCRAM, MongoDB TLS+auth), then with JWT, beside plaintext
+	scripts/bench-gateway-security.sh
 
 bench-worker:  ## documents/s a worker stores beside raw fetch and raw insert_many rates
 	scripts/infra.sh install

@@ -67,7 +67,7 @@ pub struct ProduceArgs {
     #[arg(id = "produce-timeout", long = "produce-timeout", env = "GATEWAY_PRODUCE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
 
-    /// Purchases that may wait per partition while a produce call is in flight; beyond it
+    /// Purchases that may wait per broker while a produce request is in flight; beyond it
     /// clients get 503 at once instead of queueing without bound.
     #[arg(
         id = "produce-queue-capacity",

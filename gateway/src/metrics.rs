@@ -49,19 +49,19 @@ impl Metrics {
             produce_duration: metrics::histogram(
                 &registry,
                 "gateway_kafka_produce_duration_seconds",
-                "Duration of one produce request (one batch) until the broker acknowledged it",
+                "Duration of one produce request (a broker's batches of every partition it leads) until the broker answered",
                 metrics::latency_buckets(),
             ),
             produce_batch_records: metrics::histogram(
                 &registry,
                 "gateway_kafka_produce_batch_records",
-                "Purchases sent together in one produce request",
+                "Purchases sent together in one produce request to one broker",
                 metrics::size_buckets(),
             ),
             produce_errors: metrics::counter(
                 &registry,
                 "gateway_kafka_produce_errors_total",
-                "Produce requests that failed after rskafka's retries",
+                "Produce requests that failed, and partitions of one that the broker did not write (a refusal or an unknown outcome)",
             ),
             purchases_unconfirmed: metrics::counter(
                 &registry,

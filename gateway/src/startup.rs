@@ -114,7 +114,7 @@ async fn start_kafka(
 ) -> anyhow::Result<(PurchaseProducer, kafka::TopicAdmin, i32)> {
     let kafka_security = kafka_security::resolve(&config.kafka.events.security)
         .context("invalid Kafka security settings")?;
-    let kafka = kafka::connect(&config.kafka_for_producing(), &kafka_security)
+    let kafka = kafka::produce_client(&config.kafka_for_producing(), &kafka_security)
         .await
         .with_context(|| kafka::connecting_to(&config.kafka_for_producing(), &kafka_security))?;
     let topics = kafka::topic_admin(&config.kafka, &kafka_security);
@@ -122,7 +122,7 @@ async fn start_kafka(
         .await
         .with_context(|| kafka::preparing_topic(&config.kafka))?;
     let producer = PurchaseProducer::start(
-        &kafka,
+        kafka,
         &config.kafka.events.topic,
         partitions,
         config.produce.clone(),

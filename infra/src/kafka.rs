@@ -1,11 +1,12 @@
-//! Connecting to Kafka with rskafka and making sure the purchases topic exists.
+//! Connecting to Kafka (the worker's rskafka client, the gateway's producing client) and
+//! making sure the purchases topic exists.
 
 use rskafka::{
     client::{error::Error as KafkaError, Client, ClientBuilder},
     BackoffConfig,
 };
 
-pub use kafka_group::{authorization::Operation, Backoff, GroupAdmin, TopicAdmin};
+pub use kafka_group::{authorization::Operation, Backoff, GroupAdmin, ProduceClient, TopicAdmin};
 use kafka_group::{backoff::REQUEST_STEPS, Security};
 
 /// What the gateway does with the purchases topic.
@@ -24,6 +25,9 @@ pub enum ConnectError {
     Security(kafka_group::Error),
     #[error(transparent)]
     Kafka(#[from] KafkaError),
+    /// No bootstrap broker answered.
+    #[error("{0}")]
+    Unreachable(kafka_group::Error),
     /// rskafka could not connect either; what the first connection saw names the cause
     /// better than rskafka's retries do.
     #[error("{check} (rskafka then gave up too: {rskafka})")]
@@ -67,7 +71,30 @@ pub async fn connect(args: &KafkaArgs, security: &Security) -> Result<Client, Co
         })
 }
 
-/// What a failed [`connect`] was trying to do, for the start-up error: which brokers, with
+/// The gateway's producing client (kafka-group's: one Produce request per broker), once one
+/// connection ([`Security::check`]) showed the brokers take `security`: a refusal is reported
+/// at once and by name, as for [`connect`].
+pub async fn produce_client(
+    args: &KafkaArgs,
+    security: &Security,
+) -> Result<ProduceClient, ConnectError> {
+    match security
+        .check(&args.events.brokers, &args.client_id, args.retry_deadline)
+        .await
+    {
+        Ok(()) => {}
+        Err(e) if e.is_security() => return Err(ConnectError::Security(e)),
+        Err(e) => return Err(ConnectError::Unreachable(e)),
+    }
+    Ok(ProduceClient::new(
+        args.events.brokers.clone(),
+        args.client_id.clone(),
+        args.retry_deadline,
+    )
+    .with_security(security.clone()))
+}
+
+/// What a failed [`connect`] or [`produce_client`] was trying to do, for the start-up error: which brokers, with
 /// which security.
 pub fn connecting_to(args: &KafkaArgs, security: &Security) -> String {
     format!(

@@ -23,6 +23,9 @@
 //! - Static membership (KIP-345) with [`GroupConfig::group_instance_id`].
 //! - [`GroupAdmin`] reads committed offsets, end offsets and lag without joining, counting
 //!   lag the way KEDA's Kafka scaler does ([`PartitionLag`], [`keda_desired_replicas`]).
+//! - [`ProduceClient`] and [`BrokerLink`] write one Produce request per broker carrying a
+//!   batch for every partition it leads (rskafka sends one request per partition); the
+//!   caller decides what to do with each partition's answer.
 //! - [`TopicAdmin`] looks topics up and creates missing ones on any cluster shape (to the
 //!   controller the metadata names, else to any broker, which forwards it).
 //!
@@ -76,6 +79,7 @@ mod fetch;
 mod member;
 mod mismatch;
 mod offsets;
+mod produce;
 mod sasl;
 mod security;
 mod topics;
@@ -93,6 +97,9 @@ pub use kafka_protocol::ResponseError;
 pub use member::{GroupConfig, GroupEvent, GroupMember, GroupProtocol, Revocation};
 pub use mismatch::Mismatch;
 pub use offsets::{keda_desired_replicas, GroupAdmin, OffsetReset, PartitionLag};
+pub use produce::{
+    encode_batch, nothing_appended_retriable, Appended, BrokerLink, OutgoingRecord, ProduceClient,
+};
 pub use security::{SaslCredentials, SaslMechanism, Security};
 /// The TLS library [`Security::tls`] is configured with (the one rskafka uses too).
 pub use tokio_rustls::rustls;

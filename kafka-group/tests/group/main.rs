@@ -7,4 +7,5 @@ mod helpers;
 mod consumer_protocol;
 mod membership;
 mod offsets;
+mod produce;
 mod security;

@@ -213,8 +213,13 @@ pub async fn audit(pipeline: &Pipeline, intents: &[Intent], settle: Duration) ->
                 if ids.is_empty() {
                     audit.lost += 1;
                     problems.push(format!(
-                        "{} answered 202 {event_id} but not stored",
-                        intent.user_id
+                        "{} answered 202 {event_id} but not stored ({} the topic)",
+                        intent.user_id,
+                        if in_topic.contains(&intent.user_id) {
+                            "in"
+                        } else {
+                            "not in"
+                        }
                     ));
                 } else if ids[0] != *event_id {
                     problems.push(format!(

@@ -5,7 +5,7 @@
 # SASL SCRAM-SHA-512 and MongoDB with --auth over TLS, first without then with JWT
 # authentication of each request. Prints every figure and the ratios.
 #
-#   scripts/bench-gateway.sh [--connections N] [--duration SECONDS]
+#   scripts/bench-gateway-security.sh [--connections N] [--duration SECONDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 connections=64
