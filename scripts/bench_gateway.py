@@ -66,8 +66,11 @@ def metric_sum_count(url, name):
 
 
 def ms(value):
-    number, unit = re.match(r"([\d.]+)(us|ms|s)", value).groups()
-    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    found = re.match(r"([\d.]+)(us|ms|s|m)", value)
+    if not found:
+        raise ValueError(f"not a wrk latency: {value!r}")
+    number, unit = found.groups()
+    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[unit]
 
 
 def wrk(url, connections, duration, script=None):
@@ -80,8 +83,11 @@ def wrk(url, connections, duration, script=None):
     seconds = float(re.search(r"requests in ([\d.]+)s", out).group(1))
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     bad = int(bad.group(1)) if bad else 0
-    p50 = ms(re.search(r"50%\s+(\S+)", out).group(1))
-    p99 = ms(re.search(r"99%\s+(\S+)", out).group(1))
+    try:
+        p50 = ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
+        p99 = ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
+    except (AttributeError, ValueError) as e:
+        sys.exit(f"cannot read wrk's output ({e}):\n{out}")
     return (total - bad) / seconds, p50, p99, total - bad, bad
 
 
