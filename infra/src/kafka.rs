@@ -25,9 +25,6 @@ pub enum ConnectError {
     Security(kafka_group::Error),
     #[error(transparent)]
     Kafka(#[from] KafkaError),
-    /// No bootstrap broker answered.
-    #[error("{0}")]
-    Unreachable(kafka_group::Error),
     /// rskafka could not connect either; what the first connection saw names the cause
     /// better than rskafka's retries do.
     #[error("{check} (rskafka then gave up too: {rskafka})")]
@@ -45,14 +42,7 @@ pub enum ConnectError {
 /// does not speak are reported at once and by name instead of after rskafka's retry
 /// deadline as an "early eof".
 pub async fn connect(args: &KafkaArgs, security: &Security) -> Result<Client, ConnectError> {
-    let check = match security
-        .check(&args.events.brokers, &args.client_id, args.retry_deadline)
-        .await
-    {
-        Ok(()) => None,
-        Err(e) if e.is_security() => return Err(ConnectError::Security(e)),
-        Err(e) => Some(e),
-    };
+    let check = refused_security(args, security).await?;
     let builder = ClientBuilder::new(args.events.brokers.clone());
     kafka_security::secure(builder, security)
         .client_id(args.client_id.as_str())
@@ -71,21 +61,32 @@ pub async fn connect(args: &KafkaArgs, security: &Security) -> Result<Client, Co
         })
 }
 
-/// The gateway's producing client (kafka-group's: one Produce request per broker), once one
-/// connection ([`Security::check`]) showed the brokers take `security`: a refusal is reported
-/// at once and by name, as for [`connect`].
-pub async fn produce_client(
+/// One connection ([`Security::check`]: TLS, ApiVersions, SASL and a Metadata request): a
+/// refusal of `security` is an error at once and by name; any other failure is returned for
+/// the caller to report beside its own retries' outcome.
+async fn refused_security(
     args: &KafkaArgs,
     security: &Security,
-) -> Result<ProduceClient, ConnectError> {
+) -> Result<Option<kafka_group::Error>, ConnectError> {
     match security
         .check(&args.events.brokers, &args.client_id, args.retry_deadline)
         .await
     {
-        Ok(()) => {}
-        Err(e) if e.is_security() => return Err(ConnectError::Security(e)),
-        Err(e) => return Err(ConnectError::Unreachable(e)),
+        Ok(()) => Ok(None),
+        Err(e) if e.is_security() => Err(ConnectError::Security(e)),
+        Err(e) => Ok(Some(e)),
     }
+}
+
+/// The gateway's producing client (kafka-group's: one Produce request per broker), once one
+/// connection showed the brokers take `security` (a refusal is reported at once and by name,
+/// as for [`connect`]). Brokers that do not answer yet are not an error here: the topic check
+/// that follows retries until `args.retry_deadline`, as rskafka's client did.
+pub async fn produce_client(
+    args: &KafkaArgs,
+    security: &Security,
+) -> Result<ProduceClient, ConnectError> {
+    refused_security(args, security).await?;
     Ok(ProduceClient::new(
         args.events.brokers.clone(),
         args.client_id.clone(),
@@ -94,8 +95,8 @@ pub async fn produce_client(
     .with_security(security.clone()))
 }
 
-/// What a failed [`connect`] or [`produce_client`] was trying to do, for the start-up error: which brokers, with
-/// which security.
+/// What a failed [`connect`] or [`produce_client`] was trying to do, for the start-up error:
+/// which brokers, with which security.
 pub fn connecting_to(args: &KafkaArgs, security: &Security) -> String {
     format!(
         "cannot connect to Kafka at {} ({})",

@@ -117,9 +117,8 @@ impl ProduceClient {
     }
 
     /// The leader (`host:port`) of each partition of `topic` that has one now (a partition
-    /// in a leader election is absent), and the topic's partition count. An unknown topic is
-    /// an error.
-    pub async fn leaders(&self, topic: &str) -> Result<(BTreeMap<i32, String>, usize)> {
+    /// in a leader election is absent). An unknown topic is an error.
+    pub async fn leaders(&self, topic: &str) -> Result<BTreeMap<i32, String>> {
         let metadata = self.cluster.metadata(&[topic.to_string()]).await?;
         if let Some(error) = metadata.refused_topics.get(topic) {
             return Err(Error::Protocol {
@@ -127,20 +126,11 @@ impl ProduceClient {
                 error: *error,
             });
         }
-        let count = metadata
-            .partition_counts
-            .get(topic)
-            .copied()
-            .ok_or(Error::Protocol {
-                api: "Metadata",
-                error: ResponseError::UnknownTopicOrPartition,
-            })?;
-        let leaders = metadata
-            .topics
-            .get(topic)
-            .map(|partitions| partitions.iter().map(|(p, a)| (*p, a.clone())).collect())
-            .unwrap_or_default();
-        Ok((leaders, count))
+        let partitions = metadata.topics.get(topic).ok_or(Error::Protocol {
+            api: "Metadata",
+            error: ResponseError::UnknownTopicOrPartition,
+        })?;
+        Ok(partitions.iter().map(|(p, a)| (*p, a.clone())).collect())
     }
 
     /// A connection of the caller's own to `address` (TLS, SASL and version negotiation

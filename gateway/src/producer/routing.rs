@@ -133,7 +133,7 @@ impl Router {
     }
 
     async fn look_up_leaders(self: &Arc<Self>) -> Result<(), kafka_group::Error> {
-        let (leaders, _) = self.client.leaders(&self.shared.topic).await?;
+        let leaders = self.client.leaders(&self.shared.topic).await?;
         let lanes: Vec<(usize, Lane)> = leaders
             .iter()
             .filter_map(|(partition, address)| {
