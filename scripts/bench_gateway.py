@@ -1,7 +1,12 @@
 """Gateway benchmark: the write path beside the same binary's HTTP stack, on one broker and on
 a three-broker cluster, in one run.
 
-usage: bench_gateway.py [--duration SECONDS] [--connections 16,64,256] [--gateway PATH]
+usage: bench_gateway.py [--duration SECONDS] [--connections 16,64,256] [--brokers mock,nisshi]
+                        [--gateway [LABEL=]PATH ...] [--no-broker-cpu]
+
+Give `--gateway` more than once (e.g. `--gateway before=/tmp/gw-old --gateway after=target/
+release/gateway`) to compare binaries side by side in one run: each concurrency is measured for
+every binary in turn, on the same servers, so the load of the machine falls on all alike.
 
 For nisshi (one broker, sqlite) and librdkafka's mock cluster (three brokers, in memory), a
 release gateway each, and for every concurrency: accepted purchases/s and p50/p99 of
@@ -179,9 +184,25 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--connections", default="16,64,256")
-    parser.add_argument("--gateway", default=str(ROOT / "target/release/gateway"))
+    parser.add_argument("--brokers", default="nisshi,mock",
+                        help="which brokers to run on: nisshi, mock or both")
+    parser.add_argument("--gateway", action="append", metavar="[LABEL=]PATH",
+                        help="a gateway binary; repeat to compare binaries side by side")
+    parser.add_argument("--no-broker-cpu", action="store_true",
+                        help="skip nisshi's CPU per 10,000 records with and without headers")
     args = parser.parse_args()
     levels = [int(c) for c in args.connections.split(",")]
+    brokers = [b.strip() for b in args.brokers.split(",") if b.strip()]
+    unknown = set(brokers) - {"nisshi", "mock"}
+    if unknown or not brokers:
+        parser.error(f"--brokers takes nisshi and/or mock, not {','.join(sorted(unknown)) or 'nothing'}")
+    binaries = []
+    for given in args.gateway or [str(ROOT / "target/release/gateway")]:
+        label, _, path = given.rpartition("=")
+        label = label or Path(path).name
+        if not Path(path).is_file():
+            parser.error(f"--gateway {given}: no such file (build it with `cargo build --release -p gateway`)")
+        binaries.append((label, path))
     work = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
     infra = str(ROOT / "scripts/infra.sh")
     owner = ["--owner-pid", str(os.getpid())]
@@ -201,32 +222,38 @@ def main():
         mock = Mock(started["control"])
         mock.ask(op="start_tracking")
 
-        gateways = {}
-        for name, brokers in [("nisshi", kafka), ("mock", started["bootstrap"])]:
-            process, url = start_gateway(args.gateway, work, name, brokers, mongo)
-            processes.append(process)
-            gateways[name] = (process, url)
-            wrk(f"{url}/api/purchases", 64, 3, ROOT / "bench/post-purchase.lua")  # warm-up
+        bootstrap = {"nisshi": kafka, "mock": started["bootstrap"]}
+        gateways = []
+        for name in brokers:
+            for label, binary in binaries:
+                process, url = start_gateway(binary, work, f"{name}-{label}", bootstrap[name], mongo)
+                processes.append(process)
+                gateways.append((name, label, process, url))
+                wrk(f"{url}/api/purchases", 64, 3, ROOT / "bench/post-purchase.lua")  # warm-up
 
         load_before = Path("/proc/loadavg").read_text().split()[:3]
         rows = []
-        for name, (process, url) in gateways.items():
+        for name in brokers:
             for connections in levels:
-                figures = measure(process, url, connections, args.duration,
-                                  mock if name == "mock" else None)
-                rows.append((name, connections, figures))
+                for broker, label, process, url in gateways:
+                    if broker == name:
+                        figures = measure(process, url, connections, args.duration,
+                                          mock if name == "mock" else None)
+                        rows.append((name, label, connections, figures))
         load_after = Path("/proc/loadavg").read_text().split()[:3]
-        with_headers = broker_cpu_per_10k(kafka, nisshi_pid, True)
-        without_headers = broker_cpu_per_10k(kafka, nisshi_pid, False)
+        if not args.no_broker_cpu and "nisshi" in brokers:
+            with_headers = broker_cpu_per_10k(kafka, nisshi_pid, True)
+            without_headers = broker_cpu_per_10k(kafka, nisshi_pid, False)
 
         print(f"\ngateway benchmark: {args.duration} s per run, {os.cpu_count()} cores, "
               f"load average {' '.join(load_before)} before, {' '.join(load_after)} after")
-        print(f"{'broker':<8} {'c':>4} {'buy ok/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'p99/p50':>7} "
+        width = max(len(label) for label, _ in binaries)
+        print(f"{'broker':<8} {'gateway':<{width}} {'c':>4} {'buy ok/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'p99/p50':>7} "
               f"{'healthz/s':>10} {'buy/hz':>7} {'cpu/buy':>8} {'cpu/hz':>7} {'cpu ratio':>9} "
               f"{'rec/req':>8} {'non-2xx':>8}")
-        for name, connections, f in rows:
+        for name, label, connections, f in rows:
             buy, health = f["buy"], f["healthz"]
-            print(f"{name:<8} {connections:>4} {buy[0]:>9.0f} {buy[1]:>7.2f} {buy[2]:>7.2f} "
+            print(f"{name:<8} {label:<{width}} {connections:>4} {buy[0]:>9.0f} {buy[1]:>7.2f} {buy[2]:>7.2f} "
                   f"{buy[2] / buy[1]:>7.1f} {health[0]:>10.0f} {buy[0] / health[0]:>7.2f} "
                   f"{f['buy_cpu_us']:>6.1f}us {f['healthz_cpu_us']:>5.1f}us "
                   f"{f['buy_cpu_us'] / f['healthz_cpu_us']:>9.2f} "
@@ -234,9 +261,10 @@ def main():
         print("(buy/hz: accepted purchases/s over /healthz answers/s of the same binary; cpu: the "
               "gateway's utime+stime per answer; rec/req: records per Produce request, counted by "
               "the mock's request tracking on the mock and by the gateway's histogram on nisshi)")
-        print(f"nisshi CPU per 10,000 records (confluent-kafka, acks=all): with CloudEvents headers "
-              f"{with_headers:.2f} s, without {without_headers:.2f} s "
-              f"(ratio {with_headers / without_headers:.2f})")
+        if not args.no_broker_cpu and "nisshi" in brokers:
+            print(f"nisshi CPU per 10,000 records (confluent-kafka, acks=all): with CloudEvents "
+                  f"headers {with_headers:.2f} s, without {without_headers:.2f} s "
+                  f"(ratio {with_headers / without_headers:.2f})")
     finally:
         for process in processes:
             process.terminate()

@@ -17,6 +17,7 @@ use std::{
 use opentelemetry::{
     global::{self, BoxedTracer},
     propagation::{Extractor, Injector, TextMapPropagator},
+    trace::TraceContextExt,
     Context,
 };
 use opentelemetry_otlp::WithExportConfig;
@@ -125,6 +126,11 @@ pub fn context_from<'a>(headers: impl IntoIterator<Item = (&'a str, &'a [u8])>) 
 
 /// The headers that carry `context` on (none when it holds no valid span context).
 pub fn headers_for(context: &Context) -> Vec<(String, String)> {
+    // The common case on the write path (no caller trace, no export): nothing to carry, so
+    // no propagator and no map are made per record.
+    if !context.span().span_context().is_valid() {
+        return Vec::new();
+    }
     let mut carrier = Carrier(HashMap::new());
     TraceContextPropagator::new().inject_context(context, &mut carrier);
     let mut headers: Vec<_> = carrier.0.into_iter().collect();

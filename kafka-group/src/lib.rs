@@ -98,7 +98,7 @@ pub use member::{GroupConfig, GroupEvent, GroupMember, GroupProtocol, Revocation
 pub use mismatch::Mismatch;
 pub use offsets::{keda_desired_replicas, GroupAdmin, OffsetReset, PartitionLag};
 pub use produce::{
-    encode_batch, nothing_appended_retriable, Appended, BrokerLink, OutgoingRecord, ProduceClient,
+    nothing_appended_retriable, Appended, BrokerLink, OutgoingRecord, PartitionBatch, ProduceClient,
 };
 pub use security::{SaslCredentials, SaslMechanism, Security};
 /// The TLS library [`Security::tls`] is configured with (the one rskafka uses too).

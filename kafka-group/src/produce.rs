@@ -12,7 +12,7 @@
 //! one request, and what the broker said of each partition. What to do with those answers
 //! (group commit, retries, what a caller is told) is the application's policy.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{borrow::Cow, collections::BTreeMap, time::Duration};
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::{
@@ -43,30 +43,160 @@ const PRODUCE_VERSIONS: std::ops::RangeInclusive<i16> = 3..=12;
 /// `acks=all`: the broker answers once every in-sync replica has the batch.
 const ACKS_ALL: i16 = -1;
 
-/// One record to append.
+/// One record to append, built once in the shape the batch encoder takes: it is moved into a
+/// [`PartitionBatch`], never copied or converted again on its way to the broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutgoingRecord {
-    pub key: Option<Bytes>,
-    pub value: Option<Bytes>,
-    /// Header names are unique within a record here (a later duplicate replaces an earlier).
-    pub headers: Vec<(String, Bytes)>,
-    /// Milliseconds since the epoch (the record's create time).
-    pub timestamp_ms: i64,
+    record: Record,
+    /// Roughly the bytes it takes in a batch, to bound request sizes.
+    size: usize,
 }
 
 impl OutgoingRecord {
-    /// Roughly the bytes the record takes in a batch, to bound request sizes.
-    pub fn approximate_size(&self) -> usize {
-        let headers: usize = self
+    /// A record with `headers` (names unique within the record: a later duplicate replaces
+    /// an earlier) created at `timestamp_ms` (milliseconds since the epoch). Static header
+    /// names cost no allocation.
+    pub fn new(
+        key: Option<Bytes>,
+        value: Option<Bytes>,
+        headers: impl IntoIterator<Item = (Cow<'static, str>, Bytes)>,
+        timestamp_ms: i64,
+    ) -> Self {
+        let headers: IndexMap<StrBytes, Option<Bytes>> = headers
+            .into_iter()
+            .map(|(name, value)| {
+                let name = match name {
+                    Cow::Borrowed(name) => StrBytes::from_static_str(name),
+                    Cow::Owned(name) => StrBytes::from_string(name),
+                };
+                (name, Some(value))
+            })
+            .collect();
+        let record = Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: NO_PARTITION_LEADER_EPOCH,
+            producer_id: NO_PRODUCER_ID,
+            producer_epoch: NO_PRODUCER_EPOCH,
+            timestamp_type: TimestampType::Creation,
+            // Set by the batch that takes it.
+            offset: 0,
+            sequence: NO_SEQUENCE,
+            timestamp: timestamp_ms,
+            key,
+            value,
+            headers,
+        };
+        let size = approximate_size_of(&record);
+        Self { record, size }
+    }
+
+    pub fn key(&self) -> Option<&Bytes> {
+        self.record.key.as_ref()
+    }
+
+    pub fn value(&self) -> Option<&Bytes> {
+        self.record.value.as_ref()
+    }
+
+    /// The headers in the order given (a header without a value is left out).
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &Bytes)> {
+        self.record
             .headers
             .iter()
-            .map(|(name, value)| name.len() + value.len() + 4)
-            .sum();
-        self.key.as_ref().map_or(0, Bytes::len)
-            + self.value.as_ref().map_or(0, Bytes::len)
-            + headers
-            + 16
+            .filter_map(|(name, value)| Some((name.as_str(), value.as_ref()?)))
     }
+
+    pub fn timestamp_ms(&self) -> i64 {
+        self.record.timestamp
+    }
+
+    /// Roughly the bytes the record takes in a batch, to bound request sizes.
+    pub fn approximate_size(&self) -> usize {
+        self.size
+    }
+}
+
+/// The records of one partition for one Produce request, in order: they become one record
+/// batch. Records are moved in and can be taken back out (to send them again after an
+/// answer that says nothing was appended).
+#[derive(Debug, Default)]
+pub struct PartitionBatch {
+    records: Vec<Record>,
+    bytes: usize,
+}
+
+impl PartitionBatch {
+    pub fn push(&mut self, record: OutgoingRecord) {
+        let OutgoingRecord { mut record, size } = record;
+        let position = self.records.len();
+        // Offsets count from 0 as a producer sends them (the broker assigns the real ones).
+        // The encoder starts a new batch wherever `offset - sequence` changes; keeping it
+        // constant makes the records ONE batch (Kafka refuses a produce of more than one
+        // batch per partition from v3 on) whose base sequence is NO_SEQUENCE, as a producer
+        // without idempotence sends.
+        record.offset = position as i64;
+        record.sequence = NO_SEQUENCE.wrapping_add(position as i32);
+        self.records.push(record);
+        self.bytes += size;
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// The records, in the order they were pushed.
+    pub fn into_records(self) -> impl Iterator<Item = OutgoingRecord> {
+        self.records.into_iter().map(|mut record| {
+            record.offset = 0;
+            record.sequence = NO_SEQUENCE;
+            let size = approximate_size_of(&record);
+            OutgoingRecord { record, size }
+        })
+    }
+
+    /// One uncompressed record batch (magic 2) of the records.
+    pub fn encode(&self) -> Result<Bytes> {
+        // The batch header is 61 bytes; a record's framing is within its approximate size.
+        let mut buf = BytesMut::with_capacity(self.bytes + 64);
+        RecordBatchEncoder::encode(
+            &mut buf,
+            &self.records,
+            &RecordEncodeOptions {
+                version: 2,
+                compression: Compression::None,
+            },
+        )
+        .map_err(|e| Error::Encode(format!("record batch: {e}")))?;
+        Ok(buf.freeze())
+    }
+}
+
+impl FromIterator<OutgoingRecord> for PartitionBatch {
+    fn from_iter<I: IntoIterator<Item = OutgoingRecord>>(records: I) -> Self {
+        let mut batch = Self::default();
+        for record in records {
+            batch.push(record);
+        }
+        batch
+    }
+}
+
+fn approximate_size_of(record: &Record) -> usize {
+    let headers: usize = record
+        .headers
+        .iter()
+        .map(|(name, value)| name.len() + value.as_ref().map_or(0, Bytes::len) + 4)
+        .sum();
+    record.key.as_ref().map_or(0, Bytes::len)
+        + record.value.as_ref().map_or(0, Bytes::len)
+        + headers
+        + 16
 }
 
 /// What the broker said of one partition's batch: the offset of its first record, or the
@@ -169,15 +299,15 @@ impl BrokerLink {
     pub async fn produce(
         &self,
         topic: &str,
-        batches: &BTreeMap<i32, Vec<&OutgoingRecord>>,
+        batches: &BTreeMap<i32, PartitionBatch>,
         timeout: Duration,
     ) -> Result<BTreeMap<i32, Appended>> {
         let mut partition_data = Vec::with_capacity(batches.len());
-        for (partition, records) in batches {
+        for (partition, batch) in batches {
             partition_data.push(
                 PartitionProduceData::default()
                     .with_index(*partition)
-                    .with_records(Some(encode_batch(records)?)),
+                    .with_records(Some(batch.encode()?)),
             );
         }
         let request = ProduceRequest::default()
@@ -217,49 +347,6 @@ impl BrokerLink {
     }
 }
 
-/// One uncompressed record batch (magic 2) of `records`, offsets counted from 0 as a
-/// producer sends them (the broker assigns the real ones).
-pub fn encode_batch(records: &[&OutgoingRecord]) -> Result<Bytes> {
-    let records: Vec<Record> = records
-        .iter()
-        .enumerate()
-        .map(|(i, r)| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: NO_PARTITION_LEADER_EPOCH,
-            producer_id: NO_PRODUCER_ID,
-            producer_epoch: NO_PRODUCER_EPOCH,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            // The encoder starts a new batch wherever `offset - sequence` changes; this keeps
-            // it constant, so the records form ONE batch (Kafka refuses a produce of more
-            // than one batch per partition from v3 on) whose base sequence is NO_SEQUENCE,
-            // as a producer without idempotence sends.
-            sequence: NO_SEQUENCE + i as i32,
-            timestamp: r.timestamp_ms,
-            key: r.key.clone(),
-            value: r.value.clone(),
-            headers: r
-                .headers
-                .iter()
-                .map(|(name, value)| (StrBytes::from_string(name.clone()), Some(value.clone())))
-                .collect::<IndexMap<_, _>>(),
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .map_err(|e| Error::Encode(format!("record batch: {e}")))?;
-    Ok(buf.freeze())
-}
-
 #[cfg(test)]
 mod tests {
     use kafka_protocol::records::RecordBatchDecoder;
@@ -267,18 +354,19 @@ mod tests {
     use super::*;
 
     fn record(value: &str, timestamp_ms: i64) -> OutgoingRecord {
-        OutgoingRecord {
-            key: Some(Bytes::from_static(b"user-1")),
-            value: Some(Bytes::from(value.to_string())),
-            headers: vec![("ce_id".into(), Bytes::from_static(b"e-1"))],
+        OutgoingRecord::new(
+            Some(Bytes::from_static(b"user-1")),
+            Some(Bytes::from(value.to_string())),
+            [("ce_id".into(), Bytes::from_static(b"e-1"))],
             timestamp_ms,
-        }
+        )
     }
 
     #[test]
     fn a_batch_decodes_to_the_records_it_was_made_of_in_order() {
         let (a, b) = (record("a", 1_000), record("b", 2_000));
-        let mut encoded = encode_batch(&[&a, &b]).expect("encodes");
+        let batch: PartitionBatch = [a.clone(), b.clone()].into_iter().collect();
+        let mut encoded = batch.encode().expect("encodes");
         let decoded = RecordBatchDecoder::decode(&mut encoded).expect("decodes");
         let seen: Vec<_> = decoded
             .records
@@ -288,22 +376,64 @@ mod tests {
         assert_eq!(
             seen,
             vec![
-                (0, 1_000, a.value.clone(), 1),
-                (1, 2_000, b.value.clone(), 1)
+                (0, 1_000, a.value().cloned(), 1),
+                (1, 2_000, b.value().cloned(), 1)
             ]
         );
     }
 
     #[test]
     fn the_records_of_a_partition_form_one_batch_without_a_producer_sequence() {
-        let records: Vec<OutgoingRecord> = (0..50).map(|n| record("r", n)).collect();
-        let mut encoded = encode_batch(&records.iter().collect::<Vec<_>>()).expect("encodes");
+        let batch: PartitionBatch = (0..50).map(|n| record("r", n)).collect();
+        let mut encoded = batch.encode().expect("encodes");
         let batches = RecordBatchDecoder::decode_batch_info(&mut encoded).expect("decodes");
         let shape: Vec<_> = batches
             .iter()
             .map(|b| (b.record_count, b.base_sequence, b.producer_id, b.min_offset))
             .collect();
         assert_eq!(shape, vec![(50, NO_SEQUENCE, NO_PRODUCER_ID, 0)]);
+    }
+
+    #[test]
+    fn records_taken_back_from_a_batch_are_the_records_pushed() {
+        let records: Vec<OutgoingRecord> = (0..3).map(|n| record("r", n)).collect();
+        let batch: PartitionBatch = records.iter().cloned().collect();
+        assert_eq!(batch.len(), 3);
+        assert_eq!(batch.into_records().collect::<Vec<_>>(), records);
+    }
+
+    #[test]
+    fn static_and_owned_header_names_read_back_in_order() {
+        let record = OutgoingRecord::new(
+            None,
+            Some(Bytes::from_static(b"v")),
+            [
+                (
+                    Cow::Borrowed("content-type"),
+                    Bytes::from_static(b"application/json"),
+                ),
+                (
+                    Cow::Owned("traceparent".to_string()),
+                    Bytes::from_static(b"00-1"),
+                ),
+            ],
+            7,
+        );
+        let headers: Vec<_> = record
+            .headers()
+            .map(|(n, v)| (n.to_string(), v.clone()))
+            .collect();
+        assert_eq!(
+            headers,
+            vec![
+                (
+                    "content-type".to_string(),
+                    Bytes::from_static(b"application/json")
+                ),
+                ("traceparent".to_string(), Bytes::from_static(b"00-1")),
+            ]
+        );
+        assert!(record.approximate_size() > 1 + 12 + 16 + 11 + 4);
     }
 
     #[test]

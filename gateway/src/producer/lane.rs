@@ -7,12 +7,12 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use infra::{cause_log::CauseLog, kafka::Backoff};
 use kafka_group::{
-    authorization::is_refusal, nothing_appended_retriable, BrokerLink, OutgoingRecord,
+    authorization::is_refusal, nothing_appended_retriable, BrokerLink, PartitionBatch,
     ResponseError,
 };
 use tokio::{sync::mpsc, time::Instant};
 
-use super::{routing::Router, Pending, ProduceError, Shared};
+use super::{routing::Router, Pending, ProduceError, Shared, Waiter};
 
 /// Produces the brokers refused, logged once per cause.
 static REFUSED_PRODUCES: CauseLog = CauseLog::new("produce", Duration::from_secs(60));
@@ -63,6 +63,7 @@ pub(super) async fn run(
             tracing::info!(broker = %address, "broker answers again");
             failed = false;
         }
+        gather(&queue).await;
         let batch = group_commit(&router, &address, first, &mut queue);
         if batch.is_empty() {
             link = Some(current);
@@ -72,6 +73,25 @@ pub(super) async fn run(
             link = Some(current);
         } else {
             failed = true;
+        }
+    }
+}
+
+/// How many turns of the scheduler a lane waits for purchases to join a request, at most.
+const GATHER_TURNS: usize = 4;
+
+/// Lets the purchases that are about to arrive join the request: yields to the scheduler
+/// (which first looks for I/O, so requests that just arrived are parsed and queued) as long
+/// as the queue keeps growing, a few turns at most. This waits for work, never for time: an
+/// idle gateway sends at once (one turn sees nothing new), a busy one sends fuller requests
+/// (13 records per request instead of 7 at 64 connections on three brokers in
+/// `make bench-gateway`, and fewer requests cost the broker and the gateway less).
+async fn gather(queue: &mpsc::Receiver<Pending>) {
+    for _ in 0..GATHER_TURNS {
+        let before = queue.len();
+        tokio::task::yield_now().await;
+        if queue.len() == before {
+            return;
         }
     }
 }
@@ -130,7 +150,7 @@ fn group_commit(
         } else if pending.take() {
             bytes += pending.record.approximate_size();
             batch.push(pending);
-        } else if pending.retry {
+        } else if pending.waiter.retry {
             // A retry past its caller's deadline: nothing of it was ever appended.
             let timeout = router.shared().args.timeout;
             pending.answer(Err(ProduceError::NotSent(timeout)));
@@ -147,55 +167,65 @@ fn group_commit(
 /// a whole failed (the link is not to be used again).
 async fn send(router: &Arc<Router>, link: &BrokerLink, batch: Vec<Pending>) -> bool {
     let shared = router.shared();
-    let mut by_partition: BTreeMap<i32, Vec<Pending>> = BTreeMap::new();
-    for pending in batch {
-        by_partition
-            .entry(pending.partition)
-            .or_default()
-            .push(pending);
+    let count = batch.len();
+    let mut batches: BTreeMap<i32, PartitionBatch> = BTreeMap::new();
+    let mut waiters: BTreeMap<i32, Vec<Waiter>> = BTreeMap::new();
+    for Pending {
+        partition,
+        record,
+        waiter,
+    } in batch
+    {
+        batches.entry(partition).or_default().push(record);
+        waiters.entry(partition).or_default().push(waiter);
     }
-    let records: BTreeMap<i32, Vec<&OutgoingRecord>> = by_partition
-        .iter()
-        .map(|(partition, pendings)| (*partition, pendings.iter().map(|p| &p.record).collect()))
-        .collect();
-    let count: usize = records.values().map(Vec::len).sum();
     shared.metrics.produce_batch_records.observe(count as f64);
     let started = Instant::now();
     let result = link
-        .produce(&shared.topic, &records, shared.args.timeout)
+        .produce(&shared.topic, &batches, shared.args.timeout)
         .await;
     shared
         .metrics
         .produce_duration
         .observe(started.elapsed().as_secs_f64());
-    drop(records);
     let outcomes = match result {
         Ok(outcomes) => outcomes,
         Err(e) => {
             shared.metrics.produce_errors.inc();
             tracing::warn!(topic = %shared.topic, broker = link.address(), error = %e, "produce failed");
             let reason = e.to_string();
-            for pending in by_partition.into_values().flatten() {
-                pending.answer(Err(ProduceError::Unconfirmed(reason.clone())));
+            for waiter in waiters.into_values().flatten() {
+                waiter.answer(Err(ProduceError::Unconfirmed(reason.clone())));
             }
             return false;
         }
     };
     let mut retries = Vec::new();
-    for (partition, pendings) in by_partition {
+    for (partition, waiters) in waiters {
         match outcomes.get(&partition).copied() {
             Some(Ok(base_offset)) => {
                 shared.refusal.set(None);
-                for (pending, offset) in pendings.into_iter().zip(base_offset..) {
-                    pending.answer(Ok(offset));
+                for (waiter, offset) in waiters.into_iter().zip(base_offset..) {
+                    waiter.answer(Ok(offset));
                 }
             }
             Some(Err(error)) if nothing_appended_retriable(error) => {
                 tracing::debug!(topic = %shared.topic, partition, broker = link.address(), ?error, "nothing appended; sending again");
-                retries.extend(pendings.into_iter().map(|p| Pending { retry: true, ..p }));
+                let records = batches
+                    .remove(&partition)
+                    .unwrap_or_default()
+                    .into_records();
+                retries.extend(records.zip(waiters).map(|(record, waiter)| Pending {
+                    partition,
+                    record,
+                    waiter: Waiter {
+                        retry: true,
+                        ..waiter
+                    },
+                }));
             }
-            Some(Err(error)) => answer_failed(shared, partition, error, pendings),
-            None => unreachable_partition(pendings),
+            Some(Err(error)) => answer_failed(shared, partition, error, waiters),
+            None => unreachable_partition(waiters),
         }
     }
     if !retries.is_empty() {
@@ -210,7 +240,7 @@ async fn send(router: &Arc<Router>, link: &BrokerLink, batch: Vec<Pending>) -> b
 /// A partition's batch failed with `error`: "refused, nothing stored" when the brokers'
 /// ACLs refused the write (checked before anything is appended); otherwise "unconfirmed",
 /// because the broker may have appended it.
-fn answer_failed(shared: &Shared, partition: i32, error: ResponseError, pendings: Vec<Pending>) {
+fn answer_failed(shared: &Shared, partition: i32, error: ResponseError, waiters: Vec<Waiter>) {
     shared.metrics.produce_errors.inc();
     let topic = &shared.topic;
     if is_refusal(error) {
@@ -219,22 +249,22 @@ fn answer_failed(shared: &Shared, partition: i32, error: ResponseError, pendings
         );
         REFUSED_PRODUCES.failed(&why);
         shared.refusal.set(Some(why.clone()));
-        for pending in pendings {
-            pending.answer(Err(ProduceError::Refused(why.clone())));
+        for waiter in waiters {
+            waiter.answer(Err(ProduceError::Refused(why.clone())));
         }
     } else {
         tracing::warn!(topic, partition, ?error, "produce failed");
         let reason = format!("{error:?}");
-        for pending in pendings {
-            pending.answer(Err(ProduceError::Unconfirmed(reason.clone())));
+        for waiter in waiters {
+            waiter.answer(Err(ProduceError::Unconfirmed(reason.clone())));
         }
     }
 }
 
 /// `BrokerLink::produce` answers every partition it was given or fails as a whole.
-fn unreachable_partition(pendings: Vec<Pending>) {
-    for pending in pendings {
-        pending.answer(Err(ProduceError::Unconfirmed(
+fn unreachable_partition(waiters: Vec<Waiter>) {
+    for waiter in waiters {
+        waiter.answer(Err(ProduceError::Unconfirmed(
             "the broker's answer left the partition out".into(),
         )));
     }

@@ -23,6 +23,7 @@ mod lane;
 mod routing;
 
 use std::{
+    borrow::Cow,
     sync::{
         atomic::{AtomicU8, Ordering},
         Arc,
@@ -111,10 +112,26 @@ impl Claim {
     }
 }
 
-/// A purchase waiting for a lane, with the one who waits for its answer.
+/// A purchase waiting for a lane: its record, and the one who waits for its answer.
 struct Pending {
     partition: i32,
     record: OutgoingRecord,
+    waiter: Waiter,
+}
+
+impl Pending {
+    /// Whether a lane may put it in a request now (see `Waiter::take`).
+    fn take(&self) -> bool {
+        self.waiter.take()
+    }
+
+    fn answer(self, result: Result<i64, ProduceError>) {
+        self.waiter.answer(result);
+    }
+}
+
+/// The caller of a purchase in a lane's hands, waiting for its answer.
+struct Waiter {
     claim: Claim,
     acked: oneshot::Sender<Result<i64, ProduceError>>,
     /// When its caller stops waiting; it is never sent after this.
@@ -124,9 +141,9 @@ struct Pending {
     retry: bool,
 }
 
-impl Pending {
-    /// Whether this lane may put it in a request now: a first attempt wins its claim, a
-    /// retry must still be within its caller's time.
+impl Waiter {
+    /// Whether a lane may put its purchase in a request now: a first attempt wins its
+    /// claim, a retry must still be within its caller's time.
     fn take(&self) -> bool {
         if self.retry {
             Instant::now() < self.deadline
@@ -207,22 +224,23 @@ impl PurchaseProducer {
     /// send's own span when spans are exported, else the caller's `traceparent` as it came.
     pub async fn send(&self, event: &PurchaseEvent) -> Result<Delivery, ProduceError> {
         let (partition, event_record) = event.to_record(self.router.partitions());
-        let mut record = OutgoingRecord {
-            key: Some(Bytes::from(event_record.key)),
-            value: Some(Bytes::from(event_record.value)),
-            headers: event_record
-                .headers
-                .into_iter()
-                .map(|(name, value)| (name, Bytes::from(value)))
-                .collect(),
-            timestamp_ms: event_record.timestamp.timestamp_millis(),
-        };
         let send_span = traces::exporting().then(|| self.send_span(event, partition));
         let carried = send_span.clone().unwrap_or_else(Context::current);
-        record.headers.extend(
-            traces::headers_for(&carried)
-                .into_iter()
-                .map(|(name, value)| (name, Bytes::from(value))),
+        let contract_headers = event_record.headers.into_iter().map(|(name, value)| {
+            let value = match value {
+                Cow::Borrowed(fixed) => Bytes::from_static(fixed),
+                Cow::Owned(value) => Bytes::from(value),
+            };
+            (Cow::Borrowed(name), value)
+        });
+        let trace_headers = traces::headers_for(&carried)
+            .into_iter()
+            .map(|(name, value)| (Cow::Owned(name), Bytes::from(value)));
+        let record = OutgoingRecord::new(
+            Some(Bytes::from(event_record.key)),
+            Some(Bytes::from(event_record.value)),
+            contract_headers.chain(trace_headers),
+            event_record.timestamp.timestamp_millis(),
         );
         let result = self.send_record(partition, record).await;
         if let Some(send_span) = send_span {
@@ -267,10 +285,12 @@ impl PurchaseProducer {
         self.router.route(Pending {
             partition,
             record,
-            claim: claim.clone(),
-            acked,
-            deadline: Instant::now() + timeout,
-            retry: false,
+            waiter: Waiter {
+                claim: claim.clone(),
+                acked,
+                deadline: Instant::now() + timeout,
+                retry: false,
+            },
         })?;
         let offset = match tokio::time::timeout(timeout, ack).await {
             Ok(Ok(result)) => result?,

@@ -10,8 +10,8 @@ use std::{
 
 use bytes::Bytes;
 use kafka_group::{
-    nothing_appended_retriable, FetchLimits, OutgoingRecord, ProduceClient, RecordFetcher,
-    ResponseError, TopicPartition,
+    nothing_appended_retriable, FetchLimits, OutgoingRecord, PartitionBatch, ProduceClient,
+    RecordFetcher, ResponseError, TopicPartition,
 };
 use test_support::MockCluster;
 
@@ -21,12 +21,12 @@ const PRODUCE: i16 = 0;
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 fn record(partition: i32, n: usize) -> OutgoingRecord {
-    OutgoingRecord {
-        key: Some(Bytes::from(format!("user-{partition}"))),
-        value: Some(Bytes::from(format!("p{partition}-r{n}"))),
-        headers: vec![("ce_id".into(), Bytes::from(format!("{partition}-{n}")))],
-        timestamp_ms: 1_764_936_000_000 + n as i64,
-    }
+    OutgoingRecord::new(
+        Some(Bytes::from(format!("user-{partition}"))),
+        Some(Bytes::from(format!("p{partition}-r{n}"))),
+        [("ce_id".into(), Bytes::from(format!("{partition}-{n}")))],
+        1_764_936_000_000 + n as i64,
+    )
 }
 
 fn mock_with_topic(partitions: i32) -> (MockCluster, String, ProduceClient) {
@@ -63,9 +63,9 @@ async fn one_produce_request_per_broker_carries_every_partition_it_leads() {
     for (address, partitions) in &by_broker {
         let link = client.connect(address).await.expect("connects");
         for (round, half) in [(0, 0..5), (1, 5..10)] {
-            let batches = partitions
+            let batches: BTreeMap<i32, PartitionBatch> = partitions
                 .iter()
-                .map(|p| (*p, records[p][half.clone()].iter().collect()))
+                .map(|p| (*p, records[p][half.clone()].iter().cloned().collect()))
                 .collect();
             let outcomes = link
                 .produce(&topic, &batches, TIMEOUT)
@@ -132,15 +132,14 @@ async fn one_produce_request_per_broker_carries_every_partition_it_leads() {
             .enumerate()
             .map(|(i, r)| {
                 let headers = r
-                    .headers
-                    .iter()
-                    .map(|(n, v)| (n.clone(), Some(v.clone())))
+                    .headers()
+                    .map(|(n, v)| (n.to_string(), Some(v.clone())))
                     .collect();
                 (
                     i as i64,
-                    r.timestamp_ms,
-                    r.key.clone(),
-                    r.value.clone(),
+                    r.timestamp_ms(),
+                    r.key().cloned(),
+                    r.value().cloned(),
                     headers,
                 )
             })
@@ -172,7 +171,8 @@ async fn a_partition_whose_leader_moved_is_refused_alone_and_nothing_of_it_is_ap
     mock.set_leader(&topic, 0, other);
 
     let (moved, stays) = (record(0, 0), record(kept, 0));
-    let batches = BTreeMap::from([(0, vec![&moved]), (kept, vec![&stays])]);
+    let batch = |record: &OutgoingRecord| PartitionBatch::from_iter([record.clone()]);
+    let batches = BTreeMap::from([(0, batch(&moved)), (kept, batch(&stays))]);
     let outcomes = link
         .produce(&topic, &batches, TIMEOUT)
         .await
@@ -185,7 +185,7 @@ async fn a_partition_whose_leader_moved_is_refused_alone_and_nothing_of_it_is_ap
     let leaders = client.leaders(&topic).await.expect("leaders");
     assert_eq!(leaders[&0], mock.broker_address(other));
     let new_link = client.connect(&leaders[&0]).await.expect("connects");
-    let again = BTreeMap::from([(0, vec![&moved])]);
+    let again = BTreeMap::from([(0, batch(&moved))]);
     let outcomes = new_link
         .produce(&topic, &again, TIMEOUT)
         .await
