@@ -96,7 +96,10 @@ impl<const LEGACY: bool> Payload for PurchaseBody<LEGACY> {
     const CONTENT_TYPE: &'static str = "application/json";
 
     fn check_content_type(content_type: &str) -> bool {
-        <Json<Value> as Payload>::check_content_type(content_type)
+        // The usual header is taken without parsing it (a parse allocates); anything else is
+        // judged as poem-openapi's `Json` judges it (`+json` suffixes, parameters).
+        content_type.eq_ignore_ascii_case("application/json")
+            || <Json<Value> as Payload>::check_content_type(content_type)
     }
 
     fn schema_ref() -> MetaSchemaRef {

@@ -27,6 +27,10 @@ pub async fn trace_request<E: Endpoint>(next: Arc<E>, req: Request) -> poem::Res
             .map(|(name, value)| (name.as_str(), value.as_bytes())),
     );
     if !traces::exporting() {
+        if !parent.span().span_context().is_valid() {
+            // No caller trace and nothing to record: there is no context to hand on.
+            return next.call(req).await.map(IntoResponse::into_response);
+        }
         // Nothing to record: the caller's context alone is handed on to the record.
         return next
             .call(req)

@@ -83,10 +83,12 @@ impl Price {
             return Err(PriceError::TooLarge);
         }
         // At most MAX_CENTS_DIGITS digits: always fits an i64.
-        let zeros = "0".repeat(cents_exponent as usize);
-        let cents = format!("{}{zeros}", decimal.digits)
-            .parse()
-            .map_err(|_| PriceError::TooLarge)?;
+        let cents = decimal
+            .digits
+            .parse::<i64>()
+            .ok()
+            .and_then(|digits| digits.checked_mul(10_i64.checked_pow(cents_exponent as u32)?))
+            .ok_or(PriceError::TooLarge)?;
         Self::from_cents(cents)
     }
 

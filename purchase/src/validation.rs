@@ -1,7 +1,7 @@
 //! Parsing untrusted purchase input into domain types. Each error names the offending field,
 //! so an API client can tell exactly what to fix.
 
-use std::collections::HashMap;
+use std::{borrow::Cow, collections::HashMap};
 
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
@@ -186,7 +186,7 @@ impl NewPurchase {
                 return Err(ValidationError::duplicate_key(key));
             }
         }
-        if let Some((unknown, _)) = members.iter().find(|(k, _)| !allowed.contains(&k.as_str())) {
+        if let Some((unknown, _)) = members.iter().find(|(k, _)| !allowed.contains(&k.as_ref())) {
             return Err(ValidationError::field(
                 unknown,
                 format!("unknown field; allowed fields are {}", allowed.join(", ")),
@@ -234,8 +234,33 @@ impl NewPurchase {
 
 /// The members of a JSON object in their order, values as raw text, duplicates kept so they
 /// can be reported (`serde_json::Value` and derived structs keep the last one silently).
-fn object_members(body: &RawValue) -> Result<Vec<(String, &RawValue)>, ValidationError> {
-    struct Members<'a>(Vec<(String, &'a RawValue)>);
+fn object_members(body: &RawValue) -> Result<Vec<(Cow<'_, str>, &RawValue)>, ValidationError> {
+    struct Members<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+    /// A key borrowed from the body unless it has escapes.
+    struct Key<'a>(Cow<'a, str>);
+
+    impl<'de> Deserialize<'de> for Key<'de> {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct KeyVisitor;
+            impl<'de> Visitor<'de> for KeyVisitor {
+                type Value = Key<'de>;
+
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a JSON object key")
+                }
+
+                fn visit_borrowed_str<E>(self, key: &'de str) -> Result<Self::Value, E> {
+                    Ok(Key(Cow::Borrowed(key)))
+                }
+
+                fn visit_str<E>(self, key: &str) -> Result<Self::Value, E> {
+                    Ok(Key(Cow::Owned(key.to_string())))
+                }
+            }
+            deserializer.deserialize_str(KeyVisitor)
+        }
+    }
 
     impl<'de> Deserialize<'de> for Members<'de> {
         fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -249,7 +274,7 @@ fn object_members(body: &RawValue) -> Result<Vec<(String, &RawValue)>, Validatio
 
                 fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                     let mut members = Vec::new();
-                    while let Some(key) = map.next_key::<String>()? {
+                    while let Some(Key(key)) = map.next_key::<Key>()? {
                         members.push((key, map.next_value()?));
                     }
                     Ok(Members(members))
@@ -270,21 +295,30 @@ fn object_members(body: &RawValue) -> Result<Vec<(String, &RawValue)>, Validatio
     }
 }
 
-fn required_string(
-    object: &HashMap<&str, &RawValue>,
+fn required_string<'a>(
+    object: &HashMap<&str, &'a RawValue>,
     key: &str,
-) -> Result<String, ValidationError> {
+) -> Result<Cow<'a, str>, ValidationError> {
     match object.get(key) {
         None => Err(ValidationError::field(key, "is required")),
         Some(raw) => match JsonType::of(raw) {
             JsonType::Null => Err(ValidationError::field(key, "is required")),
-            JsonType::String => serde_json::from_str(raw.get())
+            JsonType::String => json_string(raw.get())
                 .map_err(|e| ValidationError::field(key, format!("is not a readable string: {e}"))),
             other => Err(ValidationError::field(
                 key,
                 format!("must be a string, got {other}"),
             )),
         },
+    }
+}
+
+/// A JSON string's text: borrowed from the body when it has no escapes (the common case, no
+/// allocation), unescaped into its own buffer otherwise.
+fn json_string(json: &str) -> Result<Cow<'_, str>, serde_json::Error> {
+    match serde_json::from_str::<&str>(json) {
+        Ok(text) => Ok(Cow::Borrowed(text)),
+        Err(_) => serde_json::from_str::<String>(json).map(Cow::Owned),
     }
 }
 

@@ -2,6 +2,7 @@
 //! `Data<&Arc<AppState>>`, so the spec can be built without any server (`gateway openapi`).
 
 mod history;
+mod json_body;
 mod legacy;
 pub(crate) mod model;
 mod ops;

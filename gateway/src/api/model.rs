@@ -4,9 +4,11 @@ use poem_openapi::Object;
 use purchase::PurchaseEvent;
 use uuid::Uuid;
 
-/// The broker has the purchase; it becomes readable once a worker stored it.
-#[derive(Debug, Object)]
+/// The broker has the purchase; it becomes readable once a worker stored it. (Serialize:
+/// written by `JsonBody`, whose test holds it equal to the `Object` form.)
+#[derive(Debug, Object, serde::Serialize)]
 #[oai(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct Accepted {
     pub event_id: Uuid,
     /// Where the purchase can be read (404 until a worker stored it).

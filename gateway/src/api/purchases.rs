@@ -11,6 +11,7 @@ use poem_openapi::param::{Header, Query};
 
 use super::{
     history::{purchase_array, LegacyLimit},
+    json_body::JsonBody,
     model::{Accepted, Purchase},
     params::UserIdParam,
     paths::location_of,
@@ -31,7 +32,7 @@ use crate::{
 pub enum CreatedResponse {
     /// The broker acknowledged the purchase (acks=all).
     #[oai(status = 202)]
-    Accepted(Json<Accepted>, #[oai(header = "Location")] String),
+    Accepted(JsonBody<Accepted>, #[oai(header = "Location")] String),
 }
 
 pub struct PurchasesApi;
@@ -136,7 +137,7 @@ pub(super) async fn accept(
             tracing::debug!(event_id = %event.event_id, partition = delivery.partition, offset = delivery.offset, "purchase accepted");
             let location = location_of(event.event_id);
             Ok(CreatedResponse::Accepted(
-                Json(Accepted {
+                JsonBody(Accepted {
                     event_id: event.event_id,
                     location: location.clone(),
                     message: "Purchase accepted".to_string(),
