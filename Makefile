@@ -1,5 +1,5 @@
 # scalable-shop: `make up` runs the local stack, `make test` runs every check CI runs.
-.PHONY: up down status load deps helm test-deps test test-mock test-stress deploy-check lint bench bench-gateway bench-gateway-security bench-worker bench-pipeline bench-scale openapi clean-local
+.PHONY: up down status load hpa deps helm test-deps test test-mock test-stress deploy-check lint bench bench-gateway bench-gateway-security bench-worker bench-pipeline bench-scale openapi clean-local
 
 VENV := .local/venv
 PYTHON := $(VENV)/bin/python
@@ -49,7 +49,7 @@ MOCK_SKIP_PIPELINE := --skip cluster_events --skip security:: --skip broker_kill
 # errors on ConsumerGroupHeartbeat, a stale member epoch on OffsetCommit) under load.
 # (kafka-group's consumer_protocol tests and the start-up check run in every pass, on mock
 # clusters of their own.)
-CONSUMER_PIPELINE := scale:: fleet:: start:: delivery::two_workers exit:: \
+CONSUMER_PIPELINE := scale:: fleet:: autoscale:: start:: delivery::two_workers exit:: \
   cluster_events::the_group_coordinator cluster_events::a_broker_failing_over \
   cluster_events::retriable_errors
 
@@ -98,10 +98,11 @@ bench-pipeline: ## the live pipeline: accepted/s with and without N workers (WOR
 bench-scale: test-deps ## scale 1 -> 6 -> 1 under load, classic beside consumer group protocol (KIP-848), on the 3-broker mock cluster
 	TEST_KAFKA=mock cargo test -p worker --test pipeline bench_scale_events -- --ignored --nocapture
 
-load:          ## a short surge against the local stack (make up first), with the lag KEDA would see
-	cargo build --release -q -p load
-	KAFKA_BROKERS=$$(scripts/infra.sh address .local/stack/kafka) target/release/load \
-	  --stages 5s:200,10s:2000,5s:0 --watch-lag --lag-threshold 2000
+load:          ## a surge against the local stack (make up first) that scales the fleet up and back; prints lag and replicas as they change
+	scripts/load-surge.sh
+
+hpa:           ## the local fleet as `kubectl get hpa` shows KEDA's HPA (make up first)
+	@target/release/scaler get --state .local/stack/hpa.json
 
 openapi:       ## print the OpenAPI spec
 	@cargo run -q -p gateway -- openapi

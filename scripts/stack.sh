@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# The local stack: broker, database, gateway and two workers on loopback, state and logs under
-# .local/stack.
+# The local stack: broker, database, gateway and the worker fleet on loopback, state and logs
+# under .local/stack. The fleet is run by `scaler`, which follows keda/base/scaledobject.yaml
+# the way KEDA and the HPA would on a cluster (README, "Watching it scale locally").
 #
 #   scripts/stack.sh up       install what is missing, start everything, wait until ready
 #   scripts/stack.sh down     stop everything (the data stays for the next `up`)
-#   scripts/stack.sh status   what runs where
+#   scripts/stack.sh status   what runs where, and the fleet as `kubectl get hpa` shows it
 #
-# GATEWAY_PORT (default 8080) picks the gateway's port; workers serve /metrics on 9101, 9102.
+# GATEWAY_PORT (default 8080) picks the gateway's port; worker N serves /metrics on 9100+N.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 stack=.local/stack
@@ -20,7 +21,7 @@ service_running() { [ -f "$1" ] && alive "$(cat "$1")"; }
 # A server of infra.sh runs while its pid is alive and runs in its directory.
 server_running() { [ -f "$1/pid" ] && running "$(cat "$1/pid")" "$(cd "$1" && pwd -P)"; }
 
-services=(gateway worker-1 worker-2)
+services=(gateway scaler)
 
 # start_service NAME COMMAND...: in the background, logging to $logs/NAME.log, unless running.
 start_service() {
@@ -38,14 +39,14 @@ up() {
   mongo="$(scripts/infra.sh start mongo "$stack/mongo")"
   ln -sf ../kafka/server.log "$logs/kafka.log"
   ln -sf ../mongo/server.log "$logs/mongo.log"
-  cargo build --release -p gateway -p worker
+  cargo build --release -p gateway -p worker -p scaler
   # Local development only: no tokens needed. The Kubernetes manifests turn authentication on.
   start_service gateway env KAFKA_BROKERS="$kafka" MONGO_URI="$mongo" GATEWAY_LISTEN="127.0.0.1:$gateway_port" GATEWAY_AUTH_DISABLED=true target/release/gateway
-  for n in 1 2; do
-    # nisshi 0.7 strands a group whose leader leaves while it re-forms (README, "Kafka brokers
-    # this is tested on"): here a stopping leader lets its session expire instead.
-    start_service "worker-$n" env KAFKA_BROKERS="$kafka" MONGO_URI="$mongo" WORKER_LISTEN="127.0.0.1:910$n" KAFKA_LEADER_LEAVES_GROUP=false target/release/worker
-  done
+  # The workers inherit the scaler's environment. nisshi 0.7 strands a group whose leader
+  # leaves while it re-forms (README, "Kafka brokers this is tested on"): here a stopping
+  # leader lets its session expire instead.
+  start_service scaler env KAFKA_BROKERS="$kafka" MONGO_URI="$mongo" KAFKA_LEADER_LEAVES_GROUP=false \
+    target/release/scaler run --state "$stack/hpa.json" --log-dir "$logs"
   for _ in $(seq 1 150); do
     curl -fs "http://127.0.0.1:$gateway_port/readyz" >/dev/null && break
     service_running "$stack/gateway.pid" || { tail -n 20 "$logs/gateway.log"; echo "gateway exited (log: $logs/gateway.log)" >&2; exit 1; }
@@ -72,7 +73,8 @@ down() {
     if service_running "$stack/$name.pid"; then
       pid="$(cat "$stack/$name.pid")"
       kill "$pid"
-      for _ in $(seq 1 300); do alive "$pid" || break; sleep 0.1; done
+      # The scaler stops its workers first (each may take up to its 30 s grace period).
+      for _ in $(seq 1 400); do alive "$pid" || break; sleep 0.1; done
     fi
     rm -f "$stack/$name.pid"
   done
@@ -98,6 +100,10 @@ status() {
       printf '%-8s %-8s\n' "$name" down
     fi
   done
+  if service_running "$stack/scaler.pid" && [ -x target/release/scaler ]; then
+    echo
+    target/release/scaler get --state "$stack/hpa.json" || true
+  fi
 }
 
 case "${1:-}" in

@@ -6,6 +6,7 @@
 mod helpers;
 mod steady_load;
 
+mod autoscale;
 mod cluster_events;
 mod crashes;
 mod dead_letters;
