@@ -4,7 +4,7 @@
 # and the HPA would) prints the lag and the replica count at every decision; the load tool
 # prints its report; the last line says how far the fleet went and that it came back.
 #
-#   LOAD_STAGES     the surge (default 5s:500,40s:4000,5s:0: above what one worker stores on
+#   LOAD_STAGES     the surge (default 5s:500,40s:4000,5s:0, ramps as `load --stages` does: above what one worker stores on
 #                   this stack's broker, about 2,500/s, so the lag builds; README, "Watching it
 #                   scale locally")
 #   SETTLE_TIMEOUT  how long to wait for the fleet to scale up and back (default 6m)
